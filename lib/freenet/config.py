@@ -1,0 +1,116 @@
+"""yacs configuration: defaults (every key commented), experiment yamls, ``KEY VALUE`` overrides.
+
+The convention is HRNet's: ``--cfg experiments/<setting>.yaml`` plus trailing ``KEY VALUE``
+pairs on the command line (e.g. ``MODEL.WIDTH 8 MODEL.IMAGE_SIZE [64,64]``). The yaml holds what
+differs between settings (data, joint set, model size, evaluation); the FreeNet optimisation
+hyper-parameters are command-line flags (SPEC §10).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from yacs.config import CfgNode as CN
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+_C = CN()
+_C.OUTPUT_DIR = "output"          # evaluation / supervised-training outputs go under here
+_C.LOG_DIR = "log"                # kept for compatibility with HRNet-style yamls (unused)
+_C.GPUS = (0,)                    # accepted for compatibility; the device is chosen by DEVICE
+_C.DEVICE = "auto"                # "auto" (CUDA if available), "cpu", "cuda" or "cuda:N"
+_C.WORKERS = 8                    # data-loader worker processes
+_C.PRINT_FREQ = 20                # supervised training: log every N iterations
+_C.SEED = 2
+
+_C.CUDNN = CN()
+_C.CUDNN.BENCHMARK = True         # fixed input sizes: let cuDNN pick the fastest kernels
+_C.CUDNN.DETERMINISTIC = False
+_C.CUDNN.ENABLED = True
+
+_C.DATASET = CN()
+_C.DATASET.ROOT = "data"          # data root with the layout of SPEC §3.1
+_C.DATASET.DATASET = "ap10k"      # validation dataset key of the layout (ap10k, ap10k_animalpose, ...)
+_C.DATASET.JOINTS = "ap10k"       # joint set: bundled name (resources/joints/) or a JSON file
+_C.DATASET.TRAIN_SET = "train"
+_C.DATASET.VAL_SET = "val"
+_C.DATASET.TEST_SET = "test"
+_C.DATASET.VAL_ANN_FILE = ""      # explicit validation annotation file (overrides the layout)
+_C.DATASET.VAL_IMAGE_DIR = ""     # ... and its image folder
+_C.DATASET.FLIP = True            # random horizontal flip, p 0.5 (SPEC §4)
+_C.DATASET.PROB_HALF_BODY = 0.3   # half-body crop probability (SPEC §4)
+_C.DATASET.SCALE_FACTOR = 0.35    # crop scale s ~ U(1 - f, 1 + f) (SPEC §4: 0.65 .. 1.35)
+_C.DATASET.ROT_FACTOR = 45        # integer rotation ~ U{-f .. f} degrees (SPEC §4)
+_C.DATASET.SOURCES = ["ap10k"]    # training sources pooled in this order (SPEC §3.5)
+_C.DATASET.LABELED = "all"        # labeled set: all | split | label_list_split | ratio (SPEC §3.4)
+_C.DATASET.SPLIT_FILE = ""        # missing-joint split file (split / label_list_split)
+_C.DATASET.LABEL_LIST = ""        # image-id list file (label_list_split)
+_C.DATASET.SAMPLE_RATIO = 0.1     # labeled fraction (ratio)
+
+_C.MODEL = CN()
+_C.MODEL.NAME = "pose_hrnet"      # only HRNet is provided (SPEC §13)
+_C.MODEL.NUM_JOINTS = 17          # must equal the joint set's size
+_C.MODEL.WIDTH = 32               # HRNet width C (32 = HRNet-W32; tests use 8)
+_C.MODEL.IMAGE_SIZE = [256, 256]  # input crop (w, h)
+_C.MODEL.HEATMAP_SIZE = [64, 64]  # output heatmaps (w, h) = input / 4
+_C.MODEL.SIGMA = 2.0              # Gaussian sigma of GT heatmaps, in heatmap pixels
+_C.MODEL.PRETRAINED = ""          # ImageNet HRNet backbone file for train_supervised.py (optional)
+
+_C.LOSS = CN()
+_C.LOSS.USE_TARGET_WEIGHT = True  # mask unannotated joints (always on in FreeNet)
+
+_C.TRAIN = CN()                   # supervised base-network training (SPEC §12)
+_C.TRAIN.BATCH_SIZE_PER_GPU = 32
+_C.TRAIN.OPTIMIZER = "adam"
+_C.TRAIN.LR = 0.001
+_C.TRAIN.LR_FACTOR = 0.1          # multiply the LR by this at every LR_STEP epoch
+_C.TRAIN.LR_STEP = [170, 200]
+_C.TRAIN.WD = 0.0
+_C.TRAIN.BEGIN_EPOCH = 0
+_C.TRAIN.END_EPOCH = 210
+_C.TRAIN.SHUFFLE = True
+
+_C.FREENET = CN()                 # FreeNet training loop (the optimisation numbers are command-line flags)
+_C.FREENET.EVAL_SCHEDULE = []     # [[until_step, every], ...]: denser evaluation early on (SPEC §9)
+
+_C.TEST = CN()                    # evaluation (SPEC §11)
+_C.TEST.BATCH_SIZE_PER_GPU = 32
+_C.TEST.MODEL_FILE = ""           # checkpoint to evaluate
+_C.TEST.MODEL_KEY = ""            # key inside the checkpoint ('' = search, SPEC §11.9)
+_C.TEST.FLIP_TEST = True          # average with the flipped input (SPEC §11.3)
+_C.TEST.SHIFT_HEATMAP = True      # shift the flipped output one column right (SPEC §11.3)
+_C.TEST.POST_PROCESS = True       # quarter-offset refinement (SPEC §11.4)
+_C.TEST.USE_GT_BBOX = True        # FreeNet evaluates on GT boxes
+_C.TEST.IN_VIS_THRE = 0.2         # joints above this count in the instance score (SPEC §11.5)
+_C.TEST.OKS_THRE = 0.9            # OKS-NMS threshold (SPEC §11.5)
+_C.TEST.PROTOCOL = "standard"     # "standard" (aligned sigmas) or "freenet" (paper's AP-10K list)
+_C.TEST.RESULTS_FILE = ""         # score an existing COCO results JSON instead of running a model
+
+
+def default_config() -> CN:
+    return _C.clone()
+
+
+def resolve_path(path: str) -> str:
+    """Relative yaml paths are tried as given, then against the repository root."""
+    if not path or os.path.exists(path):
+        return path
+    candidate = REPO_ROOT / path
+    return str(candidate) if candidate.exists() else path
+
+
+def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
+    """Defaults <- yaml <- ``KEY VALUE`` overrides, then frozen."""
+    cfg = default_config()
+    if cfg_file:
+        path = resolve_path(cfg_file)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"config file {cfg_file} not found (also looked under {REPO_ROOT})")
+        cfg.merge_from_file(path)
+    if opts:
+        if len(opts) % 2:
+            raise ValueError(f"overrides must be KEY VALUE pairs, got {list(opts)}")
+        cfg.merge_from_list(list(opts))
+    cfg.freeze()
+    return cfg

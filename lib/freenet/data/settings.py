@@ -1,0 +1,94 @@
+"""Labeled and unlabeled training sets of each setting (SPEC §3.4), from the config.
+
+| DATASET.LABELED    | labeled                                               | unlabeled           |
+|--------------------|-------------------------------------------------------|---------------------|
+| split              | all train records of the source, split file applied   | all train records   |
+| label_list_split   | records of the listed images, split file applied      | all train records   |
+| ratio              | seeded sample of the pooled sources (§3.5)            | pool minus labeled  |
+| all                | every train record (supervised training)              | every train record  |
+
+Sources are converted to the configured joint set (a union) by their maps (§2.4).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from freenet.data.coco import DataLayout, to_union
+from freenet.data.records import Record
+from freenet.data.splits import apply_split, filter_by_image_ids, load_id_list, load_split_file, sample_by_ratio
+from freenet.errors import DataError
+from freenet.joints import JointSet
+
+log = logging.getLogger(__name__)
+
+LABELED_MODES = ("split", "label_list_split", "ratio", "all")
+
+
+@dataclass
+class TrainingSets:
+    labeled: list[Record]
+    unlabeled: list[Record]
+    notes: list[str]
+
+
+def resolve_data_file(path: str, data_root: str | os.PathLike, what: str) -> Path:
+    """A split / label-list file: as given (absolute or relative to the working directory), else
+    relative to the data root. A missing file is an error that says where it was looked for."""
+    candidates = [Path(path)]
+    if not Path(path).is_absolute():
+        candidates.append(Path(data_root) / path)
+    for c in candidates:
+        if c.is_file():
+            return c
+    tried = " or ".join(str(c) for c in candidates)
+    raise DataError(path, f"{what} not found (looked for {tried}). The authors' files are in the FreeNet "
+                          "repository's info/ folder (copy it into the data root); `python tools/make_splits.py` "
+                          "generates new ones.")
+
+
+def load_sources(layout: DataLayout, sources, split: str, joint_set: JointSet, check_images: bool = True
+                 ) -> list[list[Record]]:
+    """One record list per source dataset, each converted to ``joint_set`` when it is a union."""
+    pools = []
+    for source in sources:
+        records = layout.load(source, split, check_images=check_images)
+        if source != joint_set.name and joint_set.sources:
+            records = to_union(records, joint_set, source)
+        elif records and records[0].num_joints != joint_set.num_joints:
+            raise DataError(layout.annotation_file(source, split),
+                            f"has {records[0].num_joints} joints but the joint set '{joint_set.name}' has "
+                            f"{joint_set.num_joints} and no map from '{source}'")
+        pools.append(records)
+    return pools
+
+
+def build_training_sets(dataset_cfg, joint_set: JointSet, seed: int, check_images: bool = True) -> TrainingSets:
+    """The two record lists of the configured setting (``dataset_cfg`` = ``cfg.DATASET``)."""
+    mode = dataset_cfg.LABELED
+    if mode not in LABELED_MODES:
+        raise ValueError(f"DATASET.LABELED must be one of {LABELED_MODES}, got {mode!r}")
+    layout = DataLayout(dataset_cfg.ROOT)
+    pools = load_sources(layout, dataset_cfg.SOURCES, dataset_cfg.TRAIN_SET, joint_set, check_images)
+    everything = [r for pool in pools for r in pool]
+    notes = [f"train records per source: " + ", ".join(f"{s} {len(p)}" for s, p in zip(dataset_cfg.SOURCES, pools))]
+
+    if mode == "ratio":
+        labeled, unlabeled = sample_by_ratio(pools, dataset_cfg.SAMPLE_RATIO, seed)
+        notes.append(f"random {dataset_cfg.SAMPLE_RATIO:g} of the pool labeled (seed {seed}): {len(labeled)} labeled, "
+                     f"{len(unlabeled)} unlabeled")
+        return TrainingSets(labeled, unlabeled, notes)
+    if mode == "all":
+        return TrainingSets(everything, everything, notes)
+
+    labeled = everything
+    if mode == "label_list_split":
+        list_file = resolve_data_file(dataset_cfg.LABEL_LIST, dataset_cfg.ROOT, "label list")
+        labeled = filter_by_image_ids(labeled, load_id_list(list_file))
+        notes.append(f"{list_file}: {len(labeled)} records of the listed images")
+    split_file = resolve_data_file(dataset_cfg.SPLIT_FILE, dataset_cfg.ROOT, "missing-joint split file")
+    labeled, report = apply_split(labeled, load_split_file(split_file, joint_set.num_joints), path=split_file)
+    notes.append(str(report))
+    return TrainingSets(labeled, everything, notes)

@@ -1,0 +1,272 @@
+"""The training loop shared by every FreeNet script (SPEC §9).
+
+Data cycling, the step, a tqdm bar, TensorBoard scalars, ``val_log.txt``, a JSON line per
+evaluation, atomic ``checkpoint.pth``, ``best-oks.pth`` / ``best-pck.pth`` from the student,
+resume from any step, and a clean stop on Ctrl-C (the last finished step is saved).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from freenet import distributed
+from freenet.checkpoint import atomic_save, load_checkpoint
+from freenet.config import REPO_ROOT
+from freenet.errors import DataError
+from freenet.optim import OptimizedModel
+
+log = logging.getLogger("freenet")
+
+# TensorBoard tags of the per-part kept pseudo labels (SPEC §9), keyed by logging group.
+PL_TAGS = {"head": "Head_PL", "front": "Front_PL", "back": "Back_PL"}
+
+
+@dataclass
+class LoopConfig:
+    total_steps: int
+    eval_step: int
+    eval_schedule: Sequence[Sequence[int]] = ()  # [(until_step, every), ...] before the default cadence
+    log_every: int = 10                          # refresh the progress bar (one device sync) every N steps
+
+    def is_eval_step(self, step: int) -> bool:
+        """(step + 1) % every == 0, with ``every`` from the first schedule entry whose step bound is not
+        yet reached (the 24-joint script: 600 before 15000, 300 before 30000, SPEC §9)."""
+        every = self.eval_step
+        for until, n in self.eval_schedule:
+            if step < until:
+                every = n
+                break
+        return (step + 1) % every == 0
+
+
+@dataclass
+class TrainState:
+    step: int = -1           # last finished step
+    best_oks: float = 0.0
+    best_pck: float = 0.0
+
+
+class RunDir:
+    """``<output_dir>/<name>_<YYYY-mm-dd_HH-MM-SS>/`` with config, arguments and git commit (SPEC §9)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, output_dir: str, name: str, config_text: str, args: dict) -> "RunDir":
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        run = cls(Path(output_dir) / f"{name}_{stamp}")
+        if distributed.is_main():
+            run.path.mkdir(parents=True, exist_ok=True)
+            (run.path / "config.yaml").write_text(config_text)
+            (run.path / "args.json").write_text(json.dumps(args, indent=2, default=str) + "\n")
+            (run.path / "git_commit.txt").write_text(git_commit() + "\n")
+        return run
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Interrupt:
+    """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: stop at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if distributed.is_main() or not distributed.is_enabled():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Interrupt received: finishing this step and saving a checkpoint (Ctrl-C again to abort).")
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def checkpoint_state(state: TrainState, teacher: OptimizedModel, student: OptimizedModel, eval_step: int,
+                     extra: dict) -> dict:
+    """Everything ``--resume`` needs, with the SPEC §9 key names."""
+    return {**teacher.state_dict("teacher"), **student.state_dict("student"), "step": state.step,
+            "epoch": state.step // eval_step, "best_oks": state.best_oks, "best_pck": state.best_pck, **extra}
+
+
+def restore(path: str, teacher: OptimizedModel, student: OptimizedModel) -> TrainState:
+    ckpt = load_checkpoint(path)
+    for key in ("teacher_model", "student_model", "teacher_optimizer", "student_optimizer", "step"):
+        if key not in ckpt:
+            raise DataError(path, f"not a FreeNet training checkpoint: no '{key}' (to initialise the networks "
+                                  f"from weights use --pretrained-weights-name / --student-weights)")
+    teacher.load_state_dict(ckpt, "teacher")
+    student.load_state_dict(ckpt, "student")
+    state = TrainState(step=ckpt["step"], best_oks=ckpt.get("best_oks", 0.0), best_pck=ckpt.get("best_pck", 0.0))
+    # checkpoint.pth is written before each evaluation (SPEC §9), so the best scores found by that
+    # evaluation live in best.json beside it.
+    best_file = Path(path).parent / "best.json"
+    if best_file.exists():
+        best = json.loads(best_file.read_text())
+        state.best_oks = max(state.best_oks, best.get("best_oks", 0.0))
+        state.best_pck = max(state.best_pck, best.get("best_pck", 0.0))
+    return state
+
+
+class Recorder:
+    """TensorBoard + ``val_log.txt`` + ``metrics.jsonl``; only rank 0 writes."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        self.writer = None
+        if distributed.is_main():
+            from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
+
+            self.writer = SummaryWriter(log_dir=str(run / "tensorboard"))
+
+    def scalars(self, tag: str, values: dict, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalars(tag, values, step)
+
+    def evaluation(self, epoch: int, step: int, student: dict, teacher: dict, train: dict) -> None:
+        if not distributed.is_main():
+            return
+        with open(self.run / "val_log.txt", "a") as f:
+            f.write(f"epoch:{epoch} student_oks:{student['AP']:.6f}  student_pck:{student['PCK']:.6f}  "
+                    f"teacher_oks:{teacher['AP']:.6f}  teacher_pck:{teacher['PCK']:.6f}\n")
+        line = {"epoch": epoch, "step": step, "train": train,
+                "student": _scalars_only(student), "teacher": _scalars_only(teacher)}
+        with open(self.run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _scalars_only(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, dict, list))}
+
+
+def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedModel, student: OptimizedModel,
+               labeled: Iterator[dict], unlabeled: Iterator[dict], evaluate: Callable[[nn.Module], dict],
+               loop: LoopConfig, state: TrainState, run: RunDir, checkpoint_extra: dict | None = None) -> TrainState:
+    """Run steps ``state.step + 1 .. total_steps − 1``; evaluate, checkpoint and log on the cadence."""
+    recorder = Recorder(run)
+    extra = checkpoint_extra or {}
+    start = state.step + 1
+    window: dict[str, torch.Tensor] = {}
+    window_steps = 0
+    bar = tqdm(total=loop.total_steps, initial=start, dynamic_ncols=True, disable=not distributed.is_main(),
+               desc="FreeNet")
+    tic = time.perf_counter()
+    try:
+        with Interrupt() as interrupt:
+            for step in range(start, loop.total_steps):
+                batch_l, batch_u = _next_batches(labeled, unlabeled)
+                out = step_fn(step, batch_l, batch_u)
+                for k, v in out.items():
+                    window[k] = window[k] + v if k in window else v.clone()
+                window_steps += 1
+                state.step = step
+                bar.update(1)
+                if (step + 1) % loop.log_every == 0 or step == start:
+                    # One device sync per log_every steps for the progress display.
+                    means = {k: float(v) / window_steps for k, v in window.items()}
+                    dt = (time.perf_counter() - tic) / max(1, step + 1 - start)
+                    bar.set_postfix_str(f"S_LR {student.lr:.2e} T_LR {teacher.lr:.2e} {dt:.2f}s/it "
+                                        f"S_Loss {means['s_loss']:.5f} T_Loss {means['t_loss']:.5f}")
+                if loop.is_eval_step(step):
+                    train = {k: float(v) / window_steps for k, v in window.items()}
+                    _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, train, extra)
+                    window, window_steps = {}, 0
+                if interrupt.requested:
+                    _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
+                    tqdm.write(f"Stopped after step {step}. Resume with --resume {run / 'checkpoint.pth'}")
+                    break
+    finally:
+        bar.close()
+        recorder.close()
+    return state
+
+
+def _next_batches(labeled: Iterator[dict], unlabeled: Iterator[dict]) -> tuple[dict, dict]:
+    try:
+        return next(labeled), next(unlabeled)
+    except DataError:
+        raise
+    except RuntimeError as e:
+        # A worker's DataError comes back as RuntimeError when it cannot be rebuilt; keep the message.
+        if "DataError" in str(e):
+            raise DataError(str(e).strip().splitlines()[-1]) from e
+        raise
+
+
+def _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, train, extra):
+    epoch = step // loop.eval_step
+    # Save first (SPEC §9): a crash inside evaluation loses nothing.
+    _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
+    metrics = {}
+    if distributed.is_main():
+        for name, net in (("student", student.model), ("teacher", teacher.model)):
+            net.eval()
+            metrics[name] = evaluate(distributed.unwrap(net))
+            net.train()
+        s, t = metrics["student"], metrics["teacher"]
+        recorder.scalars("Train_Loss", {"Stu_Loss": train["s_loss"], "Tea_Loss": train["t_loss"]}, epoch)
+        recorder.scalars("Val_OKS", {"Stu_OKS": s["AP"], "Tea_OKS": t["AP"]}, epoch)
+        recorder.scalars("Val_PCK", {"Stu_PCK": s["PCK"], "Tea_PCK": t["PCK"]}, epoch)
+        pl = {tag: train[f"pl_{group}"] for group, tag in PL_TAGS.items() if f"pl_{group}" in train}
+        if pl:
+            recorder.scalars("PL_kp_num", pl, epoch)
+        recorder.evaluation(epoch, step, s, t, train)
+        student_weights = distributed.unwrap(student.model).state_dict()
+        improved = False
+        if s["AP"] > state.best_oks:
+            state.best_oks, improved = s["AP"], True
+            atomic_save(student_weights, run / "best-oks.pth")
+        if s["PCK"] > state.best_pck:
+            state.best_pck, improved = s["PCK"], True
+            atomic_save(student_weights, run / "best-pck.pth")
+        if improved:
+            _write_json_atomic(run / "best.json", {"best_oks": state.best_oks, "best_pck": state.best_pck,
+                                                   "step": step, "epoch": epoch})
+        tqdm.write(f"[step {step + 1}] student AP {s['AP']:.4f} PCK {s['PCK']:.4f} | "
+                   f"teacher AP {t['AP']:.4f} PCK {t['PCK']:.4f} | best AP {state.best_oks:.4f}")
+    distributed.barrier()
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data) + "\n")
+    os.replace(tmp, path)
+
+
+def _save(path: Path, state: dict) -> None:
+    if distributed.is_main():
+        atomic_save(state, path)

@@ -1,0 +1,113 @@
+"""The circuit-feedback step of FreeNet (SPEC §6) — one implementation for every training script.
+
+Teacher = base network, student = adaptation network. Per step:
+  student learns from GT + body-part-aware pseudo labels of the teacher        (§6.4–6.5, §7.1)
+  teacher learns from GT + feedback: (drop of the student's labeled loss after its update)
+          x (teacher loss against its own sharpened predictions on mid-confidence joints)  (§6.6, §7.2)
+Everything stays on the device; the step returns tensors and never reads a value back.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from freenet.data.transforms import normalize_images
+from freenet.heatmaps import argmax_keypoints, render_gaussians
+from freenet.joints import JointSet
+from freenet.losses import weighted_heatmap_mse
+from freenet.optim import OptimizedModel
+from freenet.pseudo_labels import body_part_mask, feedback_mask
+from freenet.schedules import feedback_factor
+
+
+@dataclass(frozen=True)
+class FreeNetHyper:
+    """The step's numbers (SPEC §10 flags)."""
+
+    down_step: int = 9000             # --down-step: keep-ratio ramp length (§7.1, §8)
+    feedback_start: int = 3000        # --feedback-steps-start
+    feedback_complete: int = 6000     # --feedback-steps-complete
+    feedback_weight: float = 2.0      # --feedback-weight
+
+
+class FreeNetStep:
+    def __init__(self, teacher: OptimizedModel, student: OptimizedModel, joint_set: JointSet, hyper: FreeNetHyper,
+                 device: torch.device, autocast_dtype: torch.dtype | None = None, channels_last: bool = False):
+        self.teacher, self.student, self.hyper, self.device = teacher, student, hyper, device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.weights = torch.tensor(joint_set.loss_weights, device=device)              # (J,)
+        self.groups = [g.joints for g in joint_set.part_groups]
+        self.min_ratios = [g.min_ratio for g in joint_set.part_groups]
+        self.logging_groups = dict(joint_set.logging_groups)
+        self.autocast_dtype = autocast_dtype
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def loss(self, pred, target, mask):
+        return weighted_heatmap_mse(pred, target, mask, self.weights)
+
+    def views(self, labeled: dict, unlabeled: dict, view: str) -> torch.Tensor:
+        """[labeled; unlabeled] images of one view (§6.1), normalised on the device."""
+        x = torch.cat([labeled[view], unlabeled[view]]).to(self.device, non_blocking=True)
+        return normalize_images(x).contiguous(memory_format=self.memory_format)
+
+    def pseudo_labels(self, t_u: torch.Tensor, step: int):
+        """§6.4: pseudo labels from the teacher's ori view, kept per body part (§7.1).
+
+        Returns maps (B, J, H, W), mask (B, J) and the teacher confidences (B, J)."""
+        coords, conf = argmax_keypoints(t_u.detach().float())
+        mask = body_part_mask(conf, self.groups, self.min_ratios, step, self.hyper.down_step)
+        return render_gaussians(coords, mask, (t_u.shape[-1], t_u.shape[-2])), mask, conf
+
+    def __call__(self, step: int, labeled: dict, unlabeled: dict) -> dict[str, torch.Tensor]:
+        hp, teacher, student = self.hyper, self.teacher.model, self.student.model
+        bl = labeled["ori"].shape[0]
+        x_ori, x_aug = self.views(labeled, unlabeled, "ori"), self.views(labeled, unlabeled, "aug")  # (Bl+Bu, 3, S, S)
+        gt = labeled["target"].to(self.device, non_blocking=True)                  # (Bl, J, H, W)
+        gt_mask = labeled["target_weight"].to(self.device, non_blocking=True)      # (Bl, J)
+        feedback_on = step >= hp.feedback_start
+
+        with self.autocast():
+            # §6.2: its only effect is the student's BatchNorm running statistics — kept on purpose.
+            with torch.no_grad():
+                student(x_ori)
+            # §6.3, in the original order. Before feedback starts nothing back-propagates through
+            # t_aug, so it runs without a graph: same outputs and BN updates, less memory.
+            with torch.set_grad_enabled(feedback_on):
+                t_aug = teacher(x_aug)
+            s_aug = student(x_aug)
+            t_ori = teacher(x_ori)
+        t_l, t_u = t_ori[:bl], t_ori[bl:]
+        s_l, s_u = s_aug[:bl], s_aug[bl:]
+
+        pl_maps, pl_mask, t_conf = self.pseudo_labels(t_u, step)
+
+        # §6.5: student update. Targets are detached, so no gradient reaches the teacher.
+        s_loss_l = self.loss(s_l, gt, gt_mask)
+        s_loss = s_loss_l + self.loss(s_u, pl_maps, pl_mask)
+        self.student.update(s_loss)
+
+        # §6.6: teacher update.
+        t_loss = self.loss(t_l, gt, gt_mask)
+        if feedback_on:
+            with torch.no_grad(), self.autocast():
+                s_new = student(x_aug[:bl])                                # updated student, train mode
+            dot = s_loss_l.detach() - self.loss(s_new, gt, gt_mask)        # how much the student improved
+            _, s_conf = argmax_keypoints(s_u.detach().float())             # pre-update student
+            fb_mask = feedback_mask(t_conf, s_conf)
+            t_aug_u = t_aug[bl:]
+            fb_coords, _ = argmax_keypoints(t_aug_u.detach().float())
+            fb_maps = render_gaussians(fb_coords, fb_mask, (t_aug_u.shape[-1], t_aug_u.shape[-2]))
+            factor = feedback_factor(step, hp.feedback_start, hp.feedback_complete, hp.feedback_weight)
+            t_loss = t_loss + dot * self.loss(t_aug_u, fb_maps, fb_mask) * factor
+        self.teacher.update(t_loss)
+
+        out = {"s_loss": s_loss.detach(), "t_loss": t_loss.detach()}
+        for name, joints in self.logging_groups.items():
+            out[f"pl_{name}"] = pl_mask[:, list(joints)].sum()
+        return out

@@ -1,0 +1,70 @@
+"""A network with its optimiser, LR schedule and AMP scaler, updated by one call (SPEC §6.5, §8)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from freenet import distributed
+from freenet.schedules import cosine_with_warmup
+
+
+@dataclass
+class OptimizedModel:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    grad_clip: float = 1e9
+
+    def update(self, loss: torch.Tensor) -> None:
+        """backward -> (all-reduce) -> unscale -> clip -> step -> scaler update -> LR step -> zero grads.
+
+        Nothing here reads a value back to the host, except the GradScaler's inf check when the
+        optimizer cannot take the scale itself (fused AdamW on CUDA can; see make_optimizer).
+        """
+        self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.model)
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self, prefix: str) -> dict:
+        out = {f"{prefix}_model": distributed.unwrap(self.model).state_dict(),
+               f"{prefix}_optimizer": self.optimizer.state_dict(),
+               f"{prefix}_scheduler": self.scheduler.state_dict()}
+        if self.scaler.is_enabled():
+            out[f"{prefix}_scaler"] = self.scaler.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict, prefix: str) -> None:
+        distributed.unwrap(self.model).load_state_dict(state[f"{prefix}_model"])
+        self.optimizer.load_state_dict(state[f"{prefix}_optimizer"])
+        self.scheduler.load_state_dict(state[f"{prefix}_scheduler"])
+        if self.scaler.is_enabled() and f"{prefix}_scaler" in state:
+            self.scaler.load_state_dict(state[f"{prefix}_scaler"])
+
+
+def make_adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, default betas/eps, one parameter group (SPEC §8). Fused on CUDA: one kernel for all
+    parameters, and GradScaler hands it the inf flag on the device instead of syncing."""
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def make_optimized(model: nn.Module, lr: float, weight_decay: float, warmup_steps: int, total_steps: int,
+                   wait_steps: int, grad_clip: float, device: torch.device, amp_fp16: bool) -> OptimizedModel:
+    optimizer = make_adamw(model, lr, weight_decay, device)
+    schedule = partial(cosine_with_warmup, warmup_steps=warmup_steps, total_steps=total_steps, wait_steps=wait_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_fp16)
+    return OptimizedModel(model, optimizer, scheduler, scaler, grad_clip)

@@ -1,0 +1,275 @@
+"""Command line of the FreeNet training scripts (SPEC §10) and the assembly of a run.
+
+Every ``train_*.py`` / ``finetune.py`` script is ``run(ScriptDefaults(...))``: what differs between
+them is a yaml under ``experiments/`` and a few flag defaults, never code.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from freenet import distributed
+from freenet.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_model_weights
+from freenet.config import load_config
+from freenet.data.dataset import KeypointDataset, stream_loader
+from freenet.data.settings import build_training_sets
+from freenet.data.transforms import AugmentConfig, TwoViewTransform
+from freenet.device import autocast_dtype, configure_backends, resolve_device
+from freenet.engine import LoopConfig, RunDir, TrainState, restore, train_loop
+from freenet.errors import DataError
+from freenet.freenet_step import FreeNetHyper, FreeNetStep
+from freenet.joints import JointSet, JointSetError, load_joint_set
+from freenet.models import PoseHighResolutionNet
+from freenet.optim import make_optimized
+
+log = logging.getLogger("freenet")
+
+
+@dataclass(frozen=True)
+class ScriptDefaults:
+    """What one entry script changes (SPEC §10)."""
+
+    cfg: str                        # yaml under experiments/
+    batch_size: int                 # 4 for the AP-10K scripts, 8 for the mixed ones
+    pretrained_weights_name: str    # teacher file; may use {level} / {ratio}
+    description: str = ""
+    needs_level: bool = False       # train_split_ap10k.py: --level (and --anns-info-path)
+    has_split_file: bool = False    # --anns-info-path overrides DATASET.SPLIT_FILE
+    sample_ratio: float | None = None  # mixed scripts: --sample-ratio default
+
+
+def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=d.description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog="Trailing KEY VALUE pairs override the yaml, e.g. MODEL.WIDTH 8 "
+                                       "MODEL.IMAGE_SIZE [64,64] MODEL.HEATMAP_SIZE [16,16]")
+    a = p.add_argument
+    a("--cfg", default=d.cfg, help="experiment yaml (data, joint set, model, evaluation)")
+    a("--name", default="ours", help="run name: the run directory is <output-dir>/<name>_<date_time>")
+    a("--data-root", default=None, help="data root (SPEC §3.1 layout); default: DATASET.ROOT of the yaml")
+    a("--output-dir", default="./experiment")
+    a("--resume", default=None, help="checkpoint.pth of a run to continue (any step)")
+    a("--total-steps", type=int, default=120000)
+    a("--eval-step", type=int, default=5, help="evaluate and checkpoint every N steps")
+    a("--start-step", type=int, default=0, help="first step of a fresh run (schedules and data start there)")
+    a("--warmup-steps", type=int, default=900)
+    a("--student-wait-steps", type=int, default=0)
+    a("--down-step", type=int, default=9000, help="steps over which the pseudo-label keep ratio ramps down")
+    a("--feedback-steps-start", type=int, default=3000)
+    a("--feedback-steps-complete", type=int, default=6000)
+    a("--feedback-weight", type=float, default=2.0)
+    a("--teacher_lr", type=float, default=1e-5)
+    a("--student_lr", type=float, default=1e-3)
+    a("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4)
+    a("--grad-clip", type=float, default=1e9)
+    a("--workers", type=int, default=8, help="data-loader processes (0 = load in the main process)")
+    a("--batch-size", type=int, default=d.batch_size, help="labeled batch size B")
+    a("--mu", type=int, default=1, help="unlabeled batch = B * mu")
+    a("--seed", type=int, default=2)
+    a("--keypoints-path", default=None, help="joint-set name or JSON file; default: DATASET.JOINTS of the yaml")
+    a("--num-joints", type=int, default=None, help="must match the joint set (17, 21 or 24)")
+    a("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
+    a("--amp-dtype", choices=("fp16", "bf16"), default="fp16")
+    a("--device", default=None, help="auto, cpu, cuda, cuda:N (default: DEVICE of the yaml)")
+    a("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+      help="NHWC activations (default: on for CUDA)")
+    a("--compile", action="store_true", help="torch.compile both networks (CUDA)")
+    a("--sync-bn", action="store_true", help="SyncBatchNorm across ranks under torchrun (CUDA)")
+    a("--pretrained-model-path", default="./pretrained_weights", help="folder of the initial weights")
+    a("--pretrained-weights-name", default=d.pretrained_weights_name,
+      help="teacher (base network) weights in that folder; '' = random init (not the method)")
+    a("--student-weights", default="pretrained_ori.pth",
+      help="adaptation-network init in that folder (non-strict); absent = random init")
+    if d.needs_level:
+        a("--level", type=int, required=True, choices=(0, 1), help="0: 5 shared joints, 1: 9 shared joints")
+    if d.needs_level or d.has_split_file:
+        a("--anns-info-path", default=None, help="split file; default: DATASET.SPLIT_FILE of the yaml")
+    if d.sample_ratio is not None:
+        a("--sample-ratio", type=float, default=d.sample_ratio, help="labeled fraction of the pooled train records")
+    a("opts", nargs=argparse.REMAINDER, help="yacs KEY VALUE overrides")
+    return p
+
+
+def config_from_args(args):
+    """yaml <- flags that name config keys <- trailing KEY VALUE overrides."""
+    opts = []
+    level = getattr(args, "level", None)
+    ratio = getattr(args, "sample_ratio", None)
+    if args.data_root:
+        opts += ["DATASET.ROOT", args.data_root]
+    if args.keypoints_path:
+        opts += ["DATASET.JOINTS", args.keypoints_path]
+    if args.num_joints:
+        opts += ["MODEL.NUM_JOINTS", args.num_joints]
+    if args.device:
+        opts += ["DEVICE", args.device]
+    if ratio is not None:
+        opts += ["DATASET.SAMPLE_RATIO", ratio]
+    if getattr(args, "anns_info_path", None):
+        opts += ["DATASET.SPLIT_FILE", args.anns_info_path]
+    opts += ["WORKERS", args.workers, "SEED", args.seed]
+    cfg = load_config(args.cfg, [str(o) for o in opts] + list(args.opts or []))
+    if level is not None and "{level}" in cfg.DATASET.SPLIT_FILE:
+        cfg.defrost()
+        cfg.DATASET.SPLIT_FILE = cfg.DATASET.SPLIT_FILE.format(level=level)
+        cfg.freeze()
+    return cfg
+
+
+def load_student_init(model: torch.nn.Module, path: Path) -> None:
+    """Non-strict init of the adaptation network (SPEC §10): missing/unexpected keys are reported,
+    shape mismatches refused except the final layer (another joint count)."""
+    if not path.is_file():
+        log.warning("student init %s not found: the adaptation network starts from random weights", path)
+        return
+    state, _ = extract_state_dict(load_checkpoint(path), "", str(path))
+    own = model.state_dict()
+    bad = [k for k in state if k in own and state[k].shape != own[k].shape and not k.startswith("final_layer.")]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensors have other shapes than the model (e.g. {bad[0]}: "
+                              f"{tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)})")
+    state = {k: v for k, v in state.items() if k not in own or v.shape == own[k].shape}
+    result = model.load_state_dict(state, strict=False)
+    log.info("student init from %s: %d tensors loaded, %d missing (e.g. %s), %d unexpected (e.g. %s)", path,
+             len(state) - len(result.unexpected_keys), len(result.missing_keys),
+             result.missing_keys[:2], len(result.unexpected_keys), result.unexpected_keys[:2])
+
+
+def build_model(cfg, joint_set: JointSet) -> PoseHighResolutionNet:
+    return PoseHighResolutionNet(num_joints=joint_set.num_joints, width=cfg.MODEL.WIDTH)
+
+
+def augment_config(cfg) -> AugmentConfig:
+    return AugmentConfig(input_size=cfg.MODEL.IMAGE_SIZE[0], heatmap_size=cfg.MODEL.HEATMAP_SIZE[0],
+                         sigma=cfg.MODEL.SIGMA, half_body_prob=cfg.DATASET.PROB_HALF_BODY,
+                         scale_range=(1 - cfg.DATASET.SCALE_FACTOR, 1 + cfg.DATASET.SCALE_FACTOR),
+                         max_rotation=cfg.DATASET.ROT_FACTOR, flip_prob=0.5 if cfg.DATASET.FLIP else 0.0)
+
+
+def check_joint_set(cfg) -> JointSet:
+    joint_set = load_joint_set(cfg.DATASET.JOINTS)
+    if cfg.MODEL.NUM_JOINTS != joint_set.num_joints:
+        raise JointSetError(f"--num-joints / MODEL.NUM_JOINTS is {cfg.MODEL.NUM_JOINTS} but the joint set "
+                            f"'{joint_set.name}' ({joint_set.path}) has {joint_set.num_joints} joints")
+    if cfg.MODEL.IMAGE_SIZE[0] != cfg.MODEL.IMAGE_SIZE[1] or cfg.MODEL.IMAGE_SIZE[0] != 4 * cfg.MODEL.HEATMAP_SIZE[0]:
+        raise ValueError(f"MODEL.IMAGE_SIZE {list(cfg.MODEL.IMAGE_SIZE)} must be square and 4x MODEL.HEATMAP_SIZE "
+                         f"{list(cfg.MODEL.HEATMAP_SIZE)}")
+    return joint_set
+
+
+def build_evaluator(cfg, joint_set: JointSet, device: torch.device):
+    """The validation set, built once; called on each network at every evaluation (SPEC §9, §11)."""
+    from freenet.evaluation import Evaluator
+
+    evaluator = Evaluator.from_config(cfg, joint_set)
+    return lambda model: evaluator(model, device)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO if distributed.is_main() else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def run(defaults: ScriptDefaults, argv=None) -> int:
+    """Parse, build and train. Returns the process exit code."""
+    args = build_parser(defaults).parse_args(argv)
+    try:
+        train_freenet(args, defaults)
+    except (DataError, CheckpointError, JointSetError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def train_freenet(args, defaults: ScriptDefaults) -> TrainState:
+    cfg = config_from_args(args)
+    wants_cuda = cfg.DEVICE.startswith("cuda") or (cfg.DEVICE == "auto" and torch.cuda.is_available())
+    device = resolve_device(cfg.DEVICE, distributed.init_from_env("cuda" if wants_cuda else "cpu"))
+    setup_logging()
+    configure_backends(device, cfg.CUDNN.BENCHMARK)
+    joint_set = check_joint_set(cfg)
+    amp_dtype = autocast_dtype(device, args.amp, args.amp_dtype)
+    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+
+    sets = build_training_sets(cfg.DATASET, joint_set, cfg.SEED)
+    for note in sets.notes:
+        log.info(note)
+    evaluate = build_evaluator(cfg, joint_set, device)
+
+    torch.manual_seed(cfg.SEED)
+    teacher_net, student_net = build_model(cfg, joint_set), build_model(cfg, joint_set)
+    weights_dir = Path(args.pretrained_model_path)
+    teacher_name = args.pretrained_weights_name.format(level=getattr(args, "level", ""),
+                                                       ratio=getattr(args, "sample_ratio", ""))
+    if not args.resume:
+        if teacher_name:
+            where = load_model_weights(teacher_net, weights_dir / teacher_name)
+            log.info("teacher (base network) from %s [%s]", weights_dir / teacher_name, where)
+        else:
+            log.warning("no --pretrained-weights-name: the base network starts from random weights")
+        load_student_init(student_net, weights_dir / args.student_weights)
+    for net in (teacher_net, student_net):
+        net.to(device)
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
+        distributed.broadcast_model(net)
+        if args.sync_bn and distributed.is_enabled():
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+
+    fp16 = amp_dtype == torch.float16
+    teacher = make_optimized(teacher_net, args.teacher_lr, args.weight_decay, args.warmup_steps, args.total_steps, 0,
+                             args.grad_clip, device, fp16)
+    student = make_optimized(student_net, args.student_lr, args.weight_decay, args.warmup_steps, args.total_steps,
+                             args.student_wait_steps, args.grad_clip, device, fp16)
+    if args.compile:
+        teacher.model, student.model = torch.compile(teacher_net), torch.compile(student_net)
+    hyper = FreeNetHyper(args.down_step, args.feedback_steps_start, args.feedback_steps_complete, args.feedback_weight)
+    step_fn = FreeNetStep(teacher, student, joint_set, hyper, device, amp_dtype, channels_last)
+
+    if args.resume:
+        run_dir = RunDir(Path(args.resume).parent)
+        state = restore(args.resume, teacher, student)
+        log.info("resumed %s at step %d", args.resume, state.step + 1)
+    else:
+        run_dir = RunDir.create(args.output_dir, args.name, cfg.dump(), vars(args))
+        state = TrainState(step=args.start_step - 1)
+        if args.start_step:
+            for net in (teacher, student):  # the LR schedule starts where the run starts
+                net.scheduler.last_epoch = args.start_step - 1
+                net.scheduler.step()
+    log.info("run directory %s", run_dir.path)
+
+    aug = augment_config(cfg)
+    rank, world = distributed.rank(), distributed.world_size()
+    labeled_workers, unlabeled_workers = split_workers(cfg.WORKERS, args.mu)
+    pin = device.type == "cuda"
+    labeled = stream_loader(KeypointDataset(sets.labeled, TwoViewTransform(joint_set, aug), cfg.SEED, stream=0),
+                            args.batch_size, state.step + 1, labeled_workers, pin, rank, world)
+    unlabeled = stream_loader(KeypointDataset(sets.unlabeled, TwoViewTransform(joint_set, aug, with_target=False),
+                                              cfg.SEED, stream=1),
+                              args.batch_size * args.mu, state.step + 1, unlabeled_workers, pin, rank, world)
+    loop = LoopConfig(args.total_steps, args.eval_step, [tuple(x) for x in cfg.FREENET.EVAL_SCHEDULE])
+    extra = {"joint_set": joint_set.name, "num_joints": joint_set.num_joints, "width": cfg.MODEL.WIDTH,
+             "config": cfg.dump()}
+    state = train_loop(step_fn, teacher, student, iter(labeled), iter(unlabeled), evaluate, loop, state, run_dir, extra)
+    if distributed.is_main():
+        summary = {"best_oks": state.best_oks, "best_pck": state.best_pck, "last_step": state.step,
+                   "run_dir": str(run_dir.path)}
+        log.info("done: %s", json.dumps(summary))
+    return state
+
+
+def split_workers(workers: int, mu: int) -> tuple[int, int]:
+    """Loader processes in proportion to each stream's batch (1 : mu); both 0 when workers is 0."""
+    if workers <= 0:
+        return 0, 0
+    labeled = max(1, round(workers / (1 + mu)))
+    return labeled, max(1, workers - labeled)

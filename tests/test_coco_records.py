@@ -1,0 +1,350 @@
+"""COCO keypoint records, union conversion and the data-root layout (SPEC §2.4, §3.1, §3.2)."""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from freenet.data.coco import (DataLayout, load_coco_json, load_coco_records, normalize_source,
+                               to_union)
+from freenet.data.records import Record
+from freenet.errors import DataError
+from freenet.joints import JointSetError, load_joint_set, map_by_name, remap_keypoints
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ANN = SHARED / "freenet" / "annotation_files"
+MMPOSE = SHARED / "mmpose_samples"
+
+needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared test data not found at {SHARED}")
+
+# SPEC §2.4: AnimalPose (FreeNet order) -> union index.
+ANIMALPOSE_TO_UNION = [(0, 0), (1, 1), (2, 2), (3, 17), (4, 18), (5, 5), (6, 8), (7, 11), (8, 14), (9, 6),
+                       (10, 9), (11, 12), (12, 15), (13, 7), (14, 10), (15, 13), (16, 16), (17, 19), (18, 20),
+                       (19, 4)]
+TIGDOG_TO_UNION24 = [(0, 0), (1, 1), (2, 21), (3, 7), (4, 10), (5, 13), (6, 16), (7, 4), (8, 6), (9, 9),
+                     (10, 12), (11, 15), (12, 22), (13, 23), (14, 5), (15, 8), (16, 11), (17, 14), (18, 3)]
+
+
+def _load(name, joint_set=None, **kw):
+    kw.setdefault("check_images", False)
+    js = load_joint_set(joint_set) if joint_set else None
+    return load_coco_records(ANN / name, "/nonexistent/images", js, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Real files
+# ----------------------------------------------------------------------------------------------
+
+@needs_data
+def test_animal_pose_train_keeps_instances_with_keypoints_in_image_then_file_order():
+    records = _load("animal_pose_train.json", "animalpose", source="animalpose")
+    assert len(records) == 5465  # 5503 annotations, 38 without any keypoint
+
+    raw = json.loads((ANN / "animal_pose_train.json").read_text())
+    assert len(raw["annotations"]) == 5503
+    per_image = defaultdict(list)
+    for a in raw["annotations"]:
+        if any(a["keypoints"]):
+            per_image[a["image_id"]].append(a["id"])
+    expected_order = [aid for img in sorted(per_image) for aid in per_image[img]]
+    assert [r.ann_id for r in records] == expected_order
+
+    first = records[0]  # image 1 "2007_000063.jpg", annotation 1
+    assert (first.image_id, first.ann_id, first.category_id) == (1, 1, 1)
+    assert first.image_path == str(Path("/nonexistent/images") / "2007_000063.jpg")
+    np.testing.assert_array_equal(first.box, [123, 115, 379, 275])
+    np.testing.assert_array_equal(first.keypoints[[0, 3, 18, 19]], [[193, 216], [204, 186], [190, 145], [351, 238]])
+    np.testing.assert_array_equal(first.visibility[[0, 5, 19]], [1, 0, 1])
+    assert first.keypoints.shape == (20, 2) and first.keypoints.dtype == np.float32
+    assert {r.source for r in records} == {"animalpose"}
+
+
+@needs_data
+def test_animal_pose_val_count():
+    records = _load("animal_pose_val.json", "animalpose")
+    # 614 annotations, 5 of them with all-zero keypoints (counted in the file by hand).
+    assert len(records) == 609
+    assert all(np.any(r.visibility > 0) for r in records)
+
+
+@needs_data
+@pytest.mark.parametrize("name, joint_set, expected", [
+    ("ap_10k_animal_pose_union_val.json", "union21", {"ap10k": 1272, "animalpose": 609}),
+    ("ap10k_animalpose_tigdog_val.json", "union24", {"ap10k": 1272, "animalpose": 609, "tigdog": 3537}),
+])
+def test_union_files_count_per_source(name, joint_set, expected):
+    records = _load(name, joint_set, source="ignored-when-from-is-present")
+    assert Counter(r.source for r in records) == expected
+    num_joints = load_joint_set(joint_set).num_joints
+    assert {r.num_joints for r in records} == {num_joints}
+    # Without a joint set, J comes from the annotations (the categories list only 17 names).
+    assert _load(name)[0].num_joints == num_joints
+
+
+@needs_data
+def test_mmpose_ap10k_sample_finds_real_images():
+    root = MMPOSE / "ap10k"
+    records = load_coco_records(root / "test_ap10k.json", root, load_joint_set("ap10k"), "ap_10k")
+    assert [(r.image_id, r.ann_id) for r in records] == [(4, 6), (37516, 9284)]  # ascending image id
+    assert all(Path(r.image_path).is_file() for r in records)
+    assert Path(records[0].image_path).name == "000000000004.jpg"
+    r = records[0]
+    assert r.source == "ap10k"
+    np.testing.assert_array_equal(r.keypoints[2], [466, 499])  # nose
+    np.testing.assert_array_equal(r.visibility[:3], [2, 0, 2])  # right eye unannotated
+    np.testing.assert_array_equal(r.box, [408, 197, 429, 341])
+
+
+@needs_data
+def test_mmpose_animalpose_order_to_union21_by_names():
+    root = MMPOSE / "animalpose"
+    ann_file = root / "test_animalpose.json"
+    records = load_coco_records(ann_file, root, load_joint_set("animalpose_mmpose"), "animalpose")
+    assert [r.ann_id for r in records] == [129, 583]
+    names = json.loads(ann_file.read_text())["categories"][0]["keypoints"]
+    union = load_joint_set("union21")
+    index = map_by_name(names, union.joints)
+    kps, vis = remap_keypoints(np.stack([r.keypoints for r in records]), np.stack([r.visibility for r in records]),
+                               index, union.num_joints)
+    cat = 0  # annotation 129, ca110.jpeg; values read off the file
+    np.testing.assert_array_equal(kps[cat, 5], [123, 142])    # L_F_Elbow -> L_F_hip slot
+    np.testing.assert_array_equal(kps[cat, 20], [144, 53])    # Withers -> wither
+    np.testing.assert_array_equal(kps[cat, 17], [115, 56])    # L_EarBase -> L_ear
+    np.testing.assert_array_equal(kps[cat, 4], [235, 163])    # TailBase -> tail
+    np.testing.assert_array_equal(kps[cat, 6], [115, 186])    # L_F_Knee -> L_F_knee
+    assert vis[cat, 3] == 0 and np.all(kps[cat, 3] == 0)      # neck: not in AnimalPose
+    horse = 1  # annotation 583: R_F_Elbow (index 9) is unannotated
+    assert vis[horse, 8] == 0 and vis[horse, 5] == 2
+
+
+@needs_data
+@pytest.mark.parametrize("union_name", ["union21", "union24"])
+def test_to_union_follows_spec_map_on_real_animalpose_record(union_name):
+    records = _load("animal_pose_train.json", "animalpose", source="animalpose")
+    union = load_joint_set(union_name)
+    rec = records[0]
+    before = rec.keypoints.copy()
+    out = to_union(records[:50], union)
+    u = out[0]
+    assert u.num_joints == union.num_joints and u.ann_id == rec.ann_id and u.source == "animalpose"
+    for s, t in ANIMALPOSE_TO_UNION:
+        np.testing.assert_array_equal(u.keypoints[t], rec.keypoints[s])
+        assert u.visibility[t] == rec.visibility[s]
+    # By value: left ear (204, 186) -> 17, tail (351, 238) -> 4, wither (190, 145) -> 20.
+    np.testing.assert_array_equal(u.keypoints[[17, 4, 20]], [[204, 186], [351, 238], [190, 145]])
+    missing = sorted(set(range(union.num_joints)) - {t for _, t in ANIMALPOSE_TO_UNION})
+    assert missing == ([3] if union_name == "union21" else [3, 21, 22, 23])
+    assert np.all(u.keypoints[missing] == 0) and np.all(u.visibility[missing] == 0)
+    np.testing.assert_array_equal(rec.keypoints, before)  # input untouched
+    assert [r.ann_id for r in out] == [r.ann_id for r in records[:50]]
+
+
+def _record(source, num_joints, ann_id=0):
+    kps = np.stack([np.arange(num_joints), 100 + np.arange(num_joints)], axis=1).astype(np.float32)
+    return Record("img.jpg", 1, ann_id, 1, np.array([0, 0, 10, 10], np.float32), kps,
+                  np.full(num_joints, 2, np.float32), source)
+
+
+def test_to_union_mixed_sources_keep_order_and_use_each_map():
+    union = load_joint_set("union24")
+    records = [_record("tigdog", 19, 0), _record("ap10k", 17, 1), _record("animal_pose", 20, 2)]
+    out = to_union(records, union)
+    assert [r.ann_id for r in out] == [0, 1, 2]
+    assert [r.source for r in out] == ["tigdog", "ap10k", "animalpose"]
+    for s, t in TIGDOG_TO_UNION24:  # keypoint x encodes the source index
+        assert out[0].keypoints[t, 0] == s
+    assert out[0].visibility[[17, 18, 19, 20]].sum() == 0  # ears, throat, wither: not in TigDog
+    np.testing.assert_array_equal(out[1].keypoints[:17, 0], np.arange(17))  # AP-10K: identity
+    assert out[1].visibility[17:].sum() == 0
+    for s, t in ANIMALPOSE_TO_UNION:
+        assert out[2].keypoints[t, 0] == s
+
+
+def test_to_union_errors_name_the_problem():
+    union = load_joint_set("union21")
+    with pytest.raises(DataError, match="no source dataset"):
+        to_union([_record("", 17)], union)
+    assert to_union([_record("", 17)], union, source="ap_10k")[0].source == "ap10k"
+    with pytest.raises(DataError, match="21 joints .* expects 17"):
+        to_union([_record("ap10k", 21, ann_id=77)], union)
+    with pytest.raises(JointSetError, match="tigdog"):
+        to_union([_record("tigdog", 19)], union)
+
+
+def test_normalize_source():
+    assert [normalize_source(s) for s in ("ap_10k", "animal_pose", "tigdog", "tigdog_horse", None, "other")] == \
+        ["ap10k", "animalpose", "tigdog", "tigdog", "", "other"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: the error names the file and the annotation id
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def ap10k_sample(tmp_path):
+    """A copy of the MMPose AP-10K sample (json + both images) in tmp_path."""
+    src = MMPOSE / "ap10k"
+    if not src.is_dir():
+        pytest.skip(f"shared test data not found at {src}")
+    for f in src.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    return tmp_path, json.loads((src / "test_ap10k.json").read_text())
+
+
+def _write(path, data):
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_malformed_json(ap10k_sample):
+    root, _ = ap10k_sample
+    bad = _write(root / "broken.json", (root / "test_ap10k.json").read_text()[:-20])
+    with pytest.raises(DataError, match="broken.json.*malformed JSON"):
+        load_coco_records(bad, root)
+    with pytest.raises(DataError, match="missing.json.*not found"):
+        load_coco_json(root / "missing.json")
+
+
+def test_keypoint_count_mismatch(ap10k_sample):
+    root, data = ap10k_sample
+    data["annotations"][0]["keypoints"] = data["annotations"][0]["keypoints"][:-3]  # annotation 9284
+    bad = _write(root / "short.json", data)
+    with pytest.raises(DataError) as e:
+        load_coco_records(bad, root, load_joint_set("ap10k"))
+    assert "short.json" in str(e.value) and "9284" in str(e.value) and "51" in str(e.value)
+    assert e.value.record_id == 9284
+    # The joint set decides J: a correct AP-10K file read as AnimalPose is a mismatch too.
+    with pytest.raises(DataError, match=r"test_ap10k.json \(id 9284\).*expected 3\*20"):
+        load_coco_records(root / "test_ap10k.json", root, load_joint_set("animalpose"))
+
+
+def test_unknown_image_id(ap10k_sample):
+    root, data = ap10k_sample
+    data["annotations"][1]["image_id"] = 999  # annotation 6
+    bad = _write(root / "orphan.json", data)
+    with pytest.raises(DataError, match=r"orphan.json \(id 6\).*unknown image id 999"):
+        load_coco_records(bad, root)
+
+
+def test_duplicate_annotation_id_and_missing_sections(ap10k_sample):
+    root, data = ap10k_sample
+    dup = dict(data, annotations=data["annotations"] + [dict(data["annotations"][0])])
+    with pytest.raises(DataError, match=r"dup.json \(id 9284\).*duplicate annotation id"):
+        load_coco_records(_write(root / "dup.json", dup), root)
+    no_anns = {k: v for k, v in data.items() if k != "annotations"}
+    with pytest.raises(DataError, match="no_anns.json.*'annotations'"):
+        load_coco_records(_write(root / "no_anns.json", no_anns), root)
+
+
+def test_missing_image_file(ap10k_sample):
+    root, _ = ap10k_sample
+    (root / "000000037516.jpg").unlink()
+    with pytest.raises(DataError) as e:
+        load_coco_records(root / "test_ap10k.json", root)
+    msg = str(e.value)
+    assert "000000037516.jpg" in msg and "(id 9284)" in msg and "test_ap10k.json" in msg
+    # Without the check the records load, paths pointing where the image should be.
+    records = load_coco_records(root / "test_ap10k.json", root, check_images=False)
+    assert records[1].image_path == str(root / "000000037516.jpg")
+
+
+def test_box_and_keypoint_filters(tmp_path):
+    data = {"images": [{"id": 2, "file_name": "b.jpg"}, {"id": 1, "file_name": "a.jpg"}],
+            "annotations": [
+                {"id": 10, "image_id": 2, "category_id": 1, "bbox": [0, 0, 5, 5], "keypoints": [1, 2, 2, 0, 0, 0]},
+                {"id": 11, "image_id": 1, "category_id": 1, "bbox": [0, 0, 0, 5], "keypoints": [1, 2, 2, 0, 0, 0]},
+                {"id": 12, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "keypoints": [0, 0, 0, 0, 0, 0]},
+                {"id": 13, "image_id": 2, "category_id": 1, "bbox": [0, 0, 5, 5], "keypoints": [0, 0, 0, 3, 4, 0]},
+                {"id": 14, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "keypoints": [0, 0, 0, 0, 0, 1]},
+            ]}
+    records = load_coco_records(_write(tmp_path / "f.json", data), tmp_path, check_images=False, source="x")
+    # Image 1 first (ascending id), then image 2's annotations in file order; 11 (w = 0) and 12
+    # (all-zero keypoints) dropped; 13 kept for its non-zero coordinates, 14 for its flag.
+    assert [r.ann_id for r in records] == [14, 10, 13]
+    np.testing.assert_array_equal(records[2].keypoints, [[0, 0], [3, 4]])
+    np.testing.assert_array_equal(records[2].visibility, [0, 0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Data-root layout
+# ----------------------------------------------------------------------------------------------
+
+def test_layout_paths(tmp_path):
+    layout = DataLayout(tmp_path)
+    assert layout.annotation_file("ap10k", "train") == tmp_path / "ap_10k/annotations/ap10k-train-split1.json"
+    assert layout.annotation_file("animalpose", "val") == tmp_path / "animal_pose/annotations/animal_pose_val.json"
+    assert layout.annotation_file("tigdog", "train") == tmp_path / "tigdog/annotations/tigdog_train.json"
+    assert layout.annotation_file("ap10k_animalpose", "val") == \
+        tmp_path / "ap10k_animalpose/annotations/ap_10k_animal_pose_union_val.json"
+    assert layout.annotation_file("ap10k_animalpose_tigdog", "train") == \
+        tmp_path / "ap10k_animalpose_tigdog/annotations/ap10k_animalpose_tigdog_train.json"
+    assert layout.image_dir("animalpose") == tmp_path / "animal_pose/data"
+    assert layout.fallback_roots("ap10k_animalpose_tigdog") == {
+        "ap10k": tmp_path / "ap_10k/data", "animalpose": tmp_path / "animal_pose/data",
+        "tigdog": tmp_path / "tigdog/data"}
+    with pytest.raises(KeyError, match="unknown dataset"):
+        layout.annotation_file("coco", "train")
+
+
+def test_layout_missing_file_explains_where_files_come_from(tmp_path):
+    layout = DataLayout(tmp_path)
+    (tmp_path / "animal_pose/annotations").mkdir(parents=True)
+    (tmp_path / "animal_pose/annotations/animal_pose_train.json").write_text("{}")
+    with pytest.raises(DataError) as e:
+        layout.load("ap10k_animalpose", "train")
+    msg = str(e.value)
+    assert str(layout.annotation_file("ap10k_animalpose", "train")) in msg
+    assert "resources/annotation_files" in msg and "official" in msg
+    tree = layout.describe()
+    assert "annotations/animal_pose_train.json   [present]" in tree
+    assert "annotations/animal_pose_val.json   [MISSING]" in tree
+
+
+def test_layout_union_images_fall_back_to_source_folders(tmp_path):
+    layout = DataLayout(tmp_path)
+    union = {"images": [{"id": 5, "file_name": "000000000005.jpg", "from": "ap_10k"},
+                        {"id": 58640, "file_name": "2008_000001.jpg", "from": "animal_pose"},
+                        {"id": 63300, "file_name": "horse/00000001.jpg", "from": "tigdog"}],
+             "annotations": [{"id": i, "image_id": img, "category_id": 1, "bbox": [0, 0, 4, 4],
+                              "keypoints": [1, 1, 1] + [0] * 69, "from": src}
+                             for i, (img, src) in enumerate([(5, "ap_10k"), (58640, "animal_pose"),
+                                                             (63300, "tigdog")])]}
+    ann_file = layout.annotation_file("ap10k_animalpose_tigdog", "val")
+    ann_file.parent.mkdir(parents=True)
+    _write(ann_file, union)
+    for rel in ["ap_10k/data/000000000005.jpg", "animal_pose/data/2008_000001.jpg",
+                "tigdog/data/horse/00000001.jpg"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    # The union's own data/ folder, when present, wins over the source folders.
+    own = layout.image_dir("ap10k_animalpose_tigdog") / "2008_000001.jpg"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"")
+
+    records = layout.load("ap10k_animalpose_tigdog", "val")
+    assert [r.source for r in records] == ["ap10k", "animalpose", "tigdog"]
+    assert records[0].num_joints == 24
+    assert [r.image_path for r in records] == [str(tmp_path / "ap_10k/data/000000000005.jpg"), str(own),
+                                              str(tmp_path / "tigdog/data/horse/00000001.jpg")]
+
+    (tmp_path / "tigdog/data/horse/00000001.jpg").unlink()
+    with pytest.raises(DataError, match=r"\(id 2\).*horse/00000001.jpg"):
+        layout.load("ap10k_animalpose_tigdog", "val")
+
+
+@needs_data
+def test_layout_loads_real_file(tmp_path):
+    layout = DataLayout(tmp_path)
+    target = layout.annotation_file("animalpose", "val")
+    target.parent.mkdir(parents=True)
+    shutil.copy(ANN / "animal_pose_val.json", target)
+    records = layout.load("animalpose", "val", check_images=False)
+    assert len(records) == 609 and records[0].num_joints == 20
+    assert {r.source for r in records} == {"animalpose"}
+    assert records[0].image_path.startswith(str(tmp_path / "animal_pose" / "data"))
+    with pytest.raises(DataError, match="image file not found"):
+        layout.load("animalpose", "val", check_images=True)

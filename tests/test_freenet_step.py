@@ -1,0 +1,109 @@
+"""The circuit-feedback step (SPEC §6) on a width-8 HRNet with 64-px inputs."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from freenet.freenet_step import FreeNetHyper, FreeNetStep
+from freenet.heatmaps import argmax_keypoints, encode_keypoints
+from freenet.joints import load_joint_set
+from freenet.models import PoseHighResolutionNet
+from freenet.optim import make_optimized
+
+JS = load_joint_set("ap10k")
+CPU = torch.device("cpu")
+
+
+def batch(n, seed, with_target=True):
+    g = np.random.default_rng(seed)
+    out = {"ori": torch.from_numpy(g.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)),
+           "aug": torch.from_numpy(g.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8))}
+    if with_target:
+        maps, valid = zip(*(encode_keypoints(g.uniform(4, 60, (17, 2)), g.integers(0, 2, 17), (16, 16))
+                            for _ in range(n)))
+        out["target"] = torch.from_numpy(np.stack(maps))
+        out["target_weight"] = torch.from_numpy(np.stack(valid))
+    return out
+
+
+def make_step(seed=0, **hyper):
+    torch.manual_seed(seed)
+    nets = [PoseHighResolutionNet(17, width=8) for _ in range(2)]
+    opt = [make_optimized(n, lr, 1e-4, warmup_steps=0, total_steps=100, wait_steps=0, grad_clip=1e9, device=CPU,
+                          amp_fp16=False) for n, lr in zip(nets, (1e-3, 1e-3))]
+    return FreeNetStep(opt[0], opt[1], JS, FreeNetHyper(**{"down_step": 10, "feedback_start": 5,
+                                                           "feedback_complete": 10, **hyper}), CPU)
+
+
+def params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def changed(before, model):
+    return any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+L, U = batch(2, 1), batch(4, 2, with_target=False)
+
+
+def test_step_updates_both_networks_and_returns_device_tensors():
+    step = make_step()
+    t0, s0 = params(step.teacher.model), params(step.student.model)
+    out = step(0, L, U)
+    assert changed(t0, step.teacher.model) and changed(s0, step.student.model)
+    assert set(out) == {"s_loss", "t_loss"}          # ap10k has no logging groups
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 and torch.isfinite(v) for v in out.values())
+
+
+def test_student_loss_sends_no_gradient_to_the_teacher(monkeypatch):
+    step = make_step()
+    seen = {}
+    original = step.student.update
+
+    def spy(loss):
+        original(loss)
+        seen["teacher_grads"] = [p.grad for p in step.teacher.model.parameters()]
+
+    monkeypatch.setattr(step.student, "update", spy)
+    step(0, L, U)
+    assert all(g is None for g in seen["teacher_grads"])
+
+
+@pytest.mark.parametrize("at_step, depends", [(4, False), (5, True), (8, True)])
+def test_teacher_update_depends_on_feedback_only_after_start(at_step, depends):
+    """Same start, same batch, feedback weight 0 vs 2: the teachers differ only once feedback is on."""
+    a, b = make_step(feedback_weight=0.0), make_step(feedback_weight=2.0)
+    a(at_step, L, U)
+    b(at_step, L, U)
+    same_teacher = all(torch.equal(p, q) for p, q in zip(a.teacher.model.parameters(), b.teacher.model.parameters()))
+    same_student = all(torch.equal(p, q) for p, q in zip(a.student.model.parameters(), b.student.model.parameters()))
+    assert same_student                      # the feedback term never touches the student
+    assert same_teacher != depends
+
+
+def test_pseudo_labels_are_rendered_where_the_mask_says():
+    step = make_step()
+    g = torch.Generator().manual_seed(0)
+    t_u = torch.rand(6, 17, 16, 16, generator=g) * 0.15   # peaks below the 0.2 floor
+    t_u[:3, :, 5, 7] = 0.9                   # confident peaks in half of the batch
+    maps, mask, conf = step.pseudo_labels(t_u, step=0)
+    assert torch.equal(mask[:3], torch.ones(3, 17))
+    rendered = maps.flatten(2).amax(-1) > 0
+    assert torch.equal(rendered, mask.bool())
+    coords, _ = argmax_keypoints(maps[:3])
+    assert (coords == torch.tensor([7.0, 5.0])).all()     # peaks at the teacher's argmax
+    assert torch.equal(conf, t_u.flatten(2).amax(-1))
+    assert mask[3:].sum() == 0               # low-confidence joints below the 0.2 floor are dropped
+
+
+def test_first_student_forward_only_moves_batchnorm_statistics():
+    """§6.2: the no-grad forward of the student on X_ori is part of the step (BN side effect)."""
+    step = make_step()
+    ref = copy.deepcopy(step.student.model)
+    with torch.no_grad():
+        step.student.model(step.views(L, U, "ori"))
+    bn = [(n, m) for n, m in step.student.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    ref_bn = dict(ref.named_modules())
+    assert any(not torch.equal(m.running_mean, ref_bn[n].running_mean) for n, m in bn)
+    assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), step.student.model.parameters()))

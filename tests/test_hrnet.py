@@ -1,0 +1,186 @@
+"""PoseHighResolutionNet layout, forward, init and ImageNet backbone loading (SPEC §13, §12)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from freenet.models import PoseHighResolutionNet, count_parameters, load_imagenet_backbone
+from freenet.models.hrnet import BACKBONE_PREFIXES
+
+SPEC_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "hrnet_w32_state_dict.json"
+
+
+def _model(num_joints: int = 17, width: int = 8, seed: int = 0) -> PoseHighResolutionNet:
+    torch.manual_seed(seed)
+    return PoseHighResolutionNet(num_joints=num_joints, width=width)
+
+
+def _calibrated(width: int = 8, seed: int = 0) -> PoseHighResolutionNet:
+    """A model in eval mode whose BN running stats come from a few train-mode batches, so that eval
+    outputs are not just the (near-zero) product of freshly initialised convs."""
+    model = _model(width=width, seed=seed)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 3, 64, 64))
+    return model.eval()
+
+
+def _is_backbone(key: str) -> bool:
+    return key.split(".", 1)[0] in BACKBONE_PREFIXES
+
+
+@pytest.fixture(scope="module")
+def w32() -> PoseHighResolutionNet:
+    return _model(num_joints=17, width=32)
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    if not SPEC_FILE.is_file():
+        pytest.skip(f"state_dict reference {SPEC_FILE} is absent (needs ../shared next to the repo)")
+    return json.loads(SPEC_FILE.read_text())
+
+
+@pytest.mark.parametrize("num_joints", [17, 21, 24])
+def test_state_dict_layout_matches_official(spec, num_joints):
+    ref = spec["models"][str(num_joints)]
+    model = _model(num_joints=num_joints, width=32)
+    layout = [[key, list(t.shape)] for key, t in model.state_dict().items()]
+    assert layout == ref["state_dict"]
+    assert len(layout) == ref["num_state_dict_entries"] == 1754
+    assert count_parameters(model) == ref["param_count"]
+    assert sum(b.numel() for b in model.buffers()) == ref["buffer_count"]
+
+
+def test_parameter_count_w32_17_joints(w32):
+    assert count_parameters(w32) == 28_536_113
+
+
+def test_init_like_official_pose_hrnet(w32):
+    convs = [m for m in w32.modules() if isinstance(m, torch.nn.Conv2d)]
+    weights = torch.cat([m.weight.detach().flatten() for m in convs])  # ~28.5M samples of N(0, 1e-3)
+    assert weights.std().item() == pytest.approx(1e-3, rel=0.01)
+    assert abs(weights.mean().item()) < 1e-5
+    assert torch.count_nonzero(w32.final_layer.bias) == 0
+    bns = [m for m in w32.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 292
+    assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) and m.momentum == 0.1 for m in bns)
+
+
+@pytest.mark.parametrize(
+    "width, size, batch",
+    [
+        (8, (64, 64), 2),
+        (8, (256, 256), 2),
+        (8, (64, 96), 2),  # non-square
+        (16, (64, 64), 2),
+        (32, (64, 64), 2),
+        (32, (256, 256), 1),
+    ],
+    ids=lambda v: f"{v[0]}x{v[1]}" if isinstance(v, tuple) else str(v),
+)
+def test_forward_shape_and_finite(width, size, batch):
+    model = _model(num_joints=17, width=width)
+    x = torch.randn(batch, 3, *size)
+    with torch.no_grad():
+        y = model(x)  # train mode: BN normalises with batch statistics
+    assert y.shape == (batch, 17, size[0] // 4, size[1] // 4)
+    assert torch.isfinite(y).all()
+    assert y.abs().max() > 0
+
+
+def test_forward_rejects_sides_not_multiple_of_32():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        _model()(torch.randn(1, 3, 64, 80))
+
+
+def test_channels_last_and_autocast_match_float32():
+    model = _calibrated()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref = model(x)
+        scale = ref.abs().max()
+        model_cl = model.to(memory_format=torch.channels_last)
+        y_cl = model_cl(x.to(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_amp = model_cl(x)
+    assert scale > 0
+    assert torch.allclose(y_cl, ref, rtol=0, atol=1e-4 * scale)
+    assert y_amp.dtype == torch.bfloat16
+    assert torch.allclose(y_amp.float(), ref, rtol=0, atol=0.05 * scale)
+
+
+def test_state_dict_round_trip_strict():
+    source = _calibrated(seed=0)
+    target = _model(seed=1).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = source(x)
+        assert not torch.equal(target(x), expected)  # the two models really differ before loading
+        target.load_state_dict(source.state_dict(), strict=True)
+        assert torch.equal(target(x), expected)
+
+
+def _fake_imagenet_checkpoint(model: PoseHighResolutionNet) -> tuple[dict, set]:
+    """The model's backbone tensors plus classification-only keys (official cls HRNet layout)."""
+    backbone = {k: v.clone() for k, v in model.state_dict().items() if _is_backbone(k)}
+    extra = {
+        "incre_modules.0.0.conv1.weight": torch.randn(32, 8, 1, 1),
+        "downsamp_modules.0.0.weight": torch.randn(256, 128, 3, 3),
+        "final_layer.0.weight": torch.randn(2048, 1024, 1, 1),
+        # Same name and shape as the pose head: must still not be loaded (not a backbone module).
+        "final_layer.weight": torch.full_like(model.final_layer.weight, 7.0),
+        "classifier.weight": torch.randn(1000, 2048),
+        "classifier.bias": torch.randn(1000),
+        # The classification net's last stage4 module keeps all four outputs; the pose net has none.
+        "stage4.2.fuse_layers.1.0.0.0.weight": torch.randn(16, 8, 3, 3),
+    }
+    return {**backbone, **extra}, set(extra)
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_load_imagenet_backbone_copies_backbone_only(tmp_path, as_file):
+    source, target = _model(seed=0), _model(seed=1)
+    checkpoint, extra_keys = _fake_imagenet_checkpoint(source)
+    if as_file:
+        path = tmp_path / "hrnet_w32-fake.pth"
+        torch.save(checkpoint, path)
+        checkpoint = path
+    head = {k: v.clone() for k, v in target.final_layer.state_dict().items()}
+
+    report = load_imagenet_backbone(target, checkpoint)
+
+    backbone_keys = [k for k in target.state_dict() if _is_backbone(k)]
+    assert report["loaded"] == backbone_keys
+    assert set(report["skipped"]) == extra_keys
+    assert report["missing"] == []
+    src, dst = source.state_dict(), target.state_dict()
+    assert all(torch.equal(dst[k], src[k]) for k in backbone_keys)
+    assert not torch.equal(dst["conv1.weight"], _model(seed=1).conv1.weight)  # something was copied
+    for k, v in target.final_layer.state_dict().items():
+        assert torch.equal(v, head[k])
+
+
+def test_load_imagenet_backbone_skips_shape_mismatches():
+    # The stem and layer1 are 64/256 channels for every width, the branches are not.
+    source, target = _model(width=16, seed=0), _model(width=8, seed=1)
+    report = load_imagenet_backbone(target, source.state_dict())
+    assert torch.equal(target.layer1[3].conv3.weight, source.layer1[3].conv3.weight)
+    assert "layer1.3.conv3.weight" in report["loaded"]
+    assert "stage2.0.branches.0.0.conv1.weight" in report["skipped"]
+    assert "stage2.0.branches.0.0.conv1.weight" in report["missing"]
+
+
+def test_load_imagenet_backbone_raises_when_nothing_matches(tmp_path):
+    path = tmp_path / "classifier_only.pth"
+    torch.save({"classifier.weight": torch.randn(10, 4), "fc.bias": torch.randn(10)}, path)
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="classifier_only.pth"):
+        load_imagenet_backbone(model, path)
+    with pytest.raises(ValueError, match="no backbone tensor"):
+        load_imagenet_backbone(model, {"final_layer.weight": model.final_layer.weight.clone()})
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
