@@ -100,6 +100,20 @@ def resolve_path(path: str) -> str:
     return str(candidate) if candidate.exists() else path
 
 
+def configured_joint_set(cfg):
+    """DATASET.JOINTS, checked against MODEL.NUM_JOINTS and the input/heatmap sizes (clear errors)."""
+    from freenet.joints import JointSetError, load_joint_set
+
+    joint_set = load_joint_set(cfg.DATASET.JOINTS)
+    if cfg.MODEL.NUM_JOINTS != joint_set.num_joints:
+        raise JointSetError(f"--num-joints / MODEL.NUM_JOINTS is {cfg.MODEL.NUM_JOINTS} but the joint set "
+                            f"'{joint_set.name}' ({joint_set.path}) has {joint_set.num_joints} joints")
+    size, heat = list(cfg.MODEL.IMAGE_SIZE), list(cfg.MODEL.HEATMAP_SIZE)
+    if size[0] != size[1] or size[0] != 4 * heat[0] or heat[0] != heat[1]:
+        raise ValueError(f"MODEL.IMAGE_SIZE {size} must be square and 4x MODEL.HEATMAP_SIZE {heat}")
+    return joint_set
+
+
 def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
     """Defaults <- yaml <- ``KEY VALUE`` overrides, then frozen."""
     cfg = default_config()

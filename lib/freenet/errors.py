@@ -18,8 +18,23 @@ class DataError(ValueError):
         return (_rebuild, (self.path, self.args[0], self.record_id))
 
 
+def from_worker(error: Exception) -> DataError | None:
+    """The DataError behind an exception a DataLoader re-raised from a worker, with the worker's
+    traceback stripped (the last line carries the file and the reason); None if it is not one."""
+    text = str(error).strip()
+    if not isinstance(error, DataError) and "DataError" not in text:
+        return None
+    last = text.splitlines()[-1] if text else ""
+    prefix = f"{DataError.__module__}.{DataError.__name__}: "
+    return DataError(last[len(prefix):] if last.startswith(prefix) else last)
+
+
 def _rebuild(path, full_message, record_id):
     err = DataError.__new__(DataError)
     err.path, err.record_id = path, record_id
     ValueError.__init__(err, full_message)
     return err
+
+
+class EvaluationError(ValueError):
+    """A configuration or input the evaluation cannot work with; the message says what to change."""

@@ -1,0 +1,49 @@
+"""Evaluate a checkpoint (or an existing COCO results file) on a validation set (SPEC §11).
+
+    python eval_ap10k.py --cfg experiments/ap10k/w32_256x256_ap10k.yaml --animalpose \
+        OUTPUT_DIR output/eval TEST.MODEL_FILE pretrained_weights/model.pth
+    python eval_ap10k.py --cfg ... --results output/eval/results.json OUTPUT_DIR output/rescored
+
+Trailing ``KEY VALUE`` pairs override the yaml. Prints OKS AP/AR and PCK, writes ``metrics.json``
+and (for a model) the COCO results ``results.json`` under OUTPUT_DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from freenet.cli import USER_ERRORS
+from freenet.config import load_config
+from freenet.evaluation import evaluate_from_config, format_metrics_table
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cfg", required=True, help="experiment yaml (experiments/...)")
+    parser.add_argument("--animalpose", action="store_true", help="accepted for compatibility; no effect")
+    parser.add_argument("--protocol", choices=("standard", "freenet"), default=None,
+                        help="OKS sigmas: aligned (standard) or the paper's AP-10K list (freenet); "
+                             "default TEST.PROTOCOL")
+    parser.add_argument("--results", default="", help="score this COCO results JSON instead of running a model")
+    args, opts = parser.parse_known_args(argv)
+    unknown = [o for o in opts if o.startswith("--")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        cfg = load_config(args.cfg, opts)
+    except (AssertionError, KeyError, ValueError, FileNotFoundError) as e:  # yacs: unknown key, wrong type
+        print(f"error: bad configuration: {e}", file=sys.stderr)
+        return 2
+    try:
+        metrics, joint_set = evaluate_from_config(cfg, args.protocol, args.results)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_metrics_table(metrics, joint_set))
+    scored_file = args.results or cfg.TEST.RESULTS_FILE
+    print(f"wrote {cfg.OUTPUT_DIR}/metrics.json" + ("" if scored_file else " and results.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

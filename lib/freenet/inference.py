@@ -1,0 +1,149 @@
+"""One image in, keypoints and a drawing out (the top-down path of SPEC §11 for a single box).
+
+    model, joint_set, _ = load_pose_model("model.pth")           # joints and width from the file
+    keypoints, scores = predict(model, image, box=None, flip=True, joint_set=joint_set)
+    picture = draw_pose(image, keypoints, scores, joint_set)
+
+The crop, flip test, decoding and back-projection are the evaluation's own functions, so a
+keypoint predicted here is exactly what ``eval_ap10k.py`` would score for the same box.
+"""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from freenet.checkpoint import CheckpointError, check_compatible, extract_state_dict, load_checkpoint
+from freenet.data.transforms import normalize_images
+from freenet.evaluation import box_centre_scale, crop_matrices, decode_heatmaps, flip_back, warp_crop
+from freenet.joints import JointSet, load_joint_set
+from freenet.models import PoseHighResolutionNet
+
+# Joint set assumed for a checkpoint of J joints when none is named (20: the FreeNet AnimalPose order).
+DEFAULT_JOINT_SETS = {17: "ap10k", 19: "tigdog", 20: "animalpose", 21: "union21", 24: "union24"}
+
+# RGB colour per part group (SPEC §2.5); joints in no group are grey.
+PART_COLOURS = {"face": (255, 214, 0), "front": (0, 200, 90), "back": (40, 140, 255), "exclusive": (230, 60, 200)}
+OTHER_COLOUR = (190, 190, 190)
+
+
+def load_pose_model(weights: str | os.PathLike, joints: str | os.PathLike | None = None, key: str = "",
+                    device: torch.device | str = "cpu") -> tuple[PoseHighResolutionNet, JointSet, str]:
+    """An HRNet built to fit a checkpoint: J and width are read off ``final_layer.weight``.
+
+    ``joints`` (bundled name or file) defaults to :data:`DEFAULT_JOINT_SETS` [J]. The checkpoint
+    key search is SPEC §11.9's (``key`` picks one). Returns (model in eval mode, joint set, key used).
+    Raises :class:`CheckpointError` (one line) when the file does not fit.
+    """
+    state, where = extract_state_dict(load_checkpoint(weights), key, str(weights))
+    final = state.get("final_layer.weight")
+    if final is None or final.ndim != 4:
+        raise CheckpointError(f"{weights}: no 'final_layer.weight' in '{where}': not an HRNet pose checkpoint")
+    num_joints, width = final.shape[0], final.shape[1]
+    if joints is None:
+        if num_joints not in DEFAULT_JOINT_SETS:
+            raise CheckpointError(f"{weights}: checkpoint predicts {num_joints} joints and no joint set of that size "
+                                  f"is bundled; name one with --joints")
+        joints = DEFAULT_JOINT_SETS[num_joints]
+    joint_set = load_joint_set(joints)
+    if joint_set.num_joints != num_joints:
+        raise CheckpointError(f"{weights}: checkpoint predicts {num_joints} joints but joint set '{joint_set.name}' "
+                              f"has {joint_set.num_joints}")
+    model = PoseHighResolutionNet(num_joints=num_joints, width=width)
+    check_compatible(model, state, str(weights))
+    model.load_state_dict(state)
+    return model.to(device).eval(), joint_set, where
+
+
+def whole_image_box(image: np.ndarray) -> np.ndarray:
+    """[0, 0, W, H]: the crop is then square around the image centre, so nothing is distorted."""
+    h, w = image.shape[:2]
+    return np.array([0.0, 0.0, w, h])
+
+
+def predict(model: nn.Module, image: np.ndarray, box=None, flip: bool = False, device=None,
+            joint_set: JointSet | None = None, input_size: int = 256, shift: bool = True,
+            post_process: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints of the animal in ``box`` ([x, y, w, h]; default the whole image) of an RGB uint8 image.
+
+    The box is clipped, squared and padded 1.25x like an evaluation GT box (§11.1), cropped to
+    ``input_size`` (§11.2), optionally flip-tested (needs ``joint_set`` for the left/right swap,
+    §11.3) and decoded back to image pixels (§11.4). Returns keypoints (J, 2) float32 and scores
+    (J,) float32 (heatmap peaks).
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
+    if flip and joint_set is None:
+        raise ValueError("flip test needs the joint set (its flip pairs swap left and right channels)")
+    box = whole_image_box(image) if box is None else np.asarray(box, dtype=np.float64)
+    centres, scales, usable = box_centre_scale(box[None], np.array([[image.shape[1], image.shape[0]]]))
+    if not usable[0]:
+        raise ValueError(f"box {box.tolist()} does not overlap the {image.shape[1]}x{image.shape[0]} image")
+    crop = warp_crop(image, crop_matrices(centres, scales, input_size)[0], input_size)
+    if device is None:
+        device = next(model.parameters()).device
+    x = normalize_images(torch.from_numpy(crop.transpose(2, 0, 1).copy())[None].to(device))  # (1, 3, S, S)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            heat = model(torch.cat([x, x.flip(3)]) if flip else x).float()
+            if flip:
+                heat = (heat[:1] + flip_back(heat[1:], joint_set.flip_index, shift)) * 0.5
+    finally:
+        model.train(was_training)
+    coords, maxvals = decode_heatmaps(heat, centres, scales, post_process)
+    return coords[0].cpu().numpy().astype(np.float32), maxvals[0].cpu().numpy().astype(np.float32)
+
+
+def joint_colours(joint_set: JointSet) -> list[tuple[int, int, int]]:
+    colours = [OTHER_COLOUR] * joint_set.num_joints
+    for group in joint_set.part_groups:
+        for j in group.joints:
+            colours[j] = PART_COLOURS.get(group.name, OTHER_COLOUR)
+    return colours
+
+
+def draw_pose(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, joint_set: JointSet,
+              threshold: float = 0.4, box=None) -> np.ndarray:
+    """A copy of the RGB image with the skeleton and the joints scoring >= ``threshold``.
+
+    Marker radius grows with the joint's score (up to ~1.5% of the image's longer side), colours
+    follow the body-part groups (face, front, back, exclusive); a limb is drawn when both its
+    joints pass the threshold. ``box`` ([x, y, w, h]) is outlined when given.
+    """
+    out = np.ascontiguousarray(image.copy())
+    unit = max(out.shape[:2]) / 400.0
+    thickness = max(1, round(1.5 * unit))
+    max_radius = max(3.0, 6.0 * unit)
+    colours = joint_colours(joint_set)
+    pts = np.round(np.asarray(keypoints, dtype=np.float64)).astype(np.int64)
+    shown = np.asarray(scores) >= threshold
+    if box is not None:
+        x, y, w, h = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x, y), (x + w, y + h), (255, 255, 255), thickness, cv2.LINE_AA)
+    for a, b in joint_set.skeleton:
+        if shown[a] and shown[b]:
+            cv2.line(out, tuple(map(int, pts[a])), tuple(map(int, pts[b])), colours[b], thickness + 1, cv2.LINE_AA)
+    for j in np.flatnonzero(shown):
+        radius = max(2, round(max_radius * float(np.clip(scores[j], 0, 1))))
+        cv2.circle(out, tuple(map(int, pts[j])), radius, colours[j], -1, cv2.LINE_AA)
+        cv2.circle(out, tuple(map(int, pts[j])), radius, (20, 20, 20), max(1, thickness // 2), cv2.LINE_AA)
+    return out
+
+
+def pose_to_dict(keypoints: np.ndarray, scores: np.ndarray, joint_set: JointSet, threshold: float = 0.4,
+                 image: str = "", box=None) -> dict:
+    """JSON-ready prediction: one entry per joint with name, x, y, score and whether it passes ``threshold``."""
+    return {
+        "image": str(image),
+        "box": None if box is None else [float(v) for v in box],
+        "joint_set": joint_set.name,
+        "num_joints": joint_set.num_joints,
+        "threshold": threshold,
+        "keypoints": [{"name": n, "x": float(x), "y": float(y), "score": float(s), "visible": bool(s >= threshold)}
+                      for n, (x, y), s in zip(joint_set.joints, keypoints, scores)],
+    }

@@ -1,0 +1,173 @@
+"""Single-image inference: geometry of predict(), checkpoint inference, drawing, the example script."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from freenet.checkpoint import CheckpointError
+from freenet.evaluation import box_centre_scale
+from freenet.inference import (PART_COLOURS, draw_pose, load_pose_model, pose_to_dict, predict,
+                               whole_image_box)
+from freenet.joints import load_joint_set
+from freenet.models import PoseHighResolutionNet
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_JPG = REPO.parent / "shared" / "data" / "freenet" / "images" / "test.jpg"
+needs_image = pytest.mark.skipif(not TEST_JPG.is_file(), reason=f"shared example image not found at {TEST_JPG}")
+
+
+class BrightnessOracle(nn.Module):
+    """Every channel = the crop's brightness sampled at pixels (4k, 4k): heatmap cell k <-> crop
+    pixel 4k, the convention the back-projection assumes. A single bright blob is then found by
+    every joint channel exactly where it is."""
+
+    def __init__(self, num_joints: int):
+        super().__init__()
+        self.num_joints = num_joints
+        self.anchor = nn.Parameter(torch.zeros(()))  # gives predict() a device to read
+
+    def forward(self, x):
+        grey = x.mean(dim=1, keepdim=True)[..., ::4, ::4]  # (B, 1, S/4, S/4)
+        return grey.expand(-1, self.num_joints, -1, -1) + self.anchor
+
+
+def _blob_image(width, height, centre, sigma):
+    yy, xx = np.mgrid[0:height, 0:width]
+    blob = 255 * np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * sigma ** 2))
+    return np.repeat(blob[..., None], 3, axis=2).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("box,sigma", [(None, 8.0), ([280, 90, 60, 40], 6.0)])
+@pytest.mark.parametrize("flip", [False, True])
+def test_predict_finds_a_blob_within_the_decoding_resolution(box, sigma, flip):
+    centre = np.array([311.4, 107.8])
+    image = _blob_image(480, 320, centre, sigma)
+    joint_set = load_joint_set("ap10k")
+    keypoints, scores = predict(BrightnessOracle(17), image, box, flip=flip, joint_set=joint_set, input_size=256)
+    assert keypoints.shape == (17, 2) and scores.shape == (17,)
+    _, scale, _ = box_centre_scale(np.asarray(box or whole_image_box(image))[None], np.array([[480, 320]]))
+    cell = 200.0 * float(scale[0]) / 64  # image px per heatmap cell
+    # Quarter-cell decoding; the flip test's one-column shift adds up to 1/8 cell more.
+    tolerance = (0.375 if flip else 0.25) * cell + 0.05
+    assert np.abs(keypoints - centre).max() <= tolerance
+    assert (scores > 0).all()
+
+
+def test_whole_image_box_keeps_the_aspect_ratio():
+    image = np.zeros((300, 500, 3), np.uint8)
+    centre, scale, usable = box_centre_scale(whole_image_box(image)[None], np.array([[500, 300]]))
+    np.testing.assert_allclose(centre[0], [249.5, 149.5])
+    np.testing.assert_allclose(scale[0], 499 / 200 * 1.25, rtol=1e-6)  # square on the longer side
+    assert usable[0]
+
+
+def test_predict_rejects_flip_without_joint_set_and_boxes_off_the_image():
+    model = BrightnessOracle(17)
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="flip test needs the joint set"):
+        predict(model, image, flip=True)
+    with pytest.raises(ValueError, match="does not overlap"):
+        predict(model, image, box=[100, 100, 10, 10])
+
+
+def _save(path, num_joints=17, width=8, key="state_dict"):
+    torch.manual_seed(0)
+    model = PoseHighResolutionNet(num_joints=num_joints, width=width)
+    torch.save({key: model.state_dict()} if key else model.state_dict(), path)
+    return model
+
+
+@pytest.mark.parametrize("num_joints,expected", [(17, "ap10k"), (21, "union21"), (24, "union24")])
+def test_load_pose_model_reads_joints_and_width_off_the_checkpoint(tmp_path, num_joints, expected):
+    saved = _save(tmp_path / "m.pth", num_joints, width=8, key="teacher_model")
+    model, joint_set, where = load_pose_model(tmp_path / "m.pth")
+    assert joint_set.name == expected and where == "teacher_model"
+    assert model.width == 8 and model.num_joints == num_joints and not model.training
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())
+
+
+def test_load_pose_model_wrong_joint_set_is_a_one_line_error(tmp_path):
+    _save(tmp_path / "m.pth", 21, key="")
+    message = r"m\.pth: checkpoint predicts 21 joints but joint set 'ap10k' has 17"
+    with pytest.raises(CheckpointError, match=message) as e:
+        load_pose_model(tmp_path / "m.pth", joints="ap10k")
+    assert "\n" not in str(e.value)
+    torch.save({"model": {"conv1.weight": torch.zeros(1)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="not an HRNet pose checkpoint"):
+        load_pose_model(tmp_path / "other.pth")
+
+
+def test_draw_pose_scales_markers_with_confidence_and_skips_weak_joints():
+    joint_set = load_joint_set("ap10k")
+    image = np.zeros((400, 400, 3), np.uint8)
+    keypoints = np.tile([[-50.0, -50.0]], (17, 1))  # off the picture unless placed below
+    keypoints[2] = [100, 100]    # nose (face)
+    keypoints[3] = [300, 100]    # neck (exclusive)
+    keypoints[4] = [300, 300]    # tail (back)
+    scores = np.zeros(17)
+    scores[[2, 3, 4]] = [1.0, 0.3, 0.45]  # neck below the threshold: no limb at all
+    out = draw_pose(image, keypoints, scores, joint_set, threshold=0.4)
+    assert image.sum() == 0  # the input is not modified
+    assert tuple(out[100, 100]) == PART_COLOURS["face"]
+    assert tuple(out[300, 300]) == PART_COLOURS["back"]
+    assert out[90:111, 290:311].sum() == 0  # neck not drawn
+    assert out[100, 200].sum() == 0 and out[200, 300].sum() == 0  # nor the nose-neck, neck-tail limbs
+
+    def marker_area(x, y, colour):
+        patch = out[y - 12:y + 13, x - 12:x + 13].reshape(-1, 3)
+        return int((np.abs(patch.astype(int) - colour).sum(1) < 30).sum())
+
+    assert marker_area(100, 100, PART_COLOURS["face"]) > 2 * marker_area(300, 300, PART_COLOURS["back"]) > 0
+
+    scores[3] = 0.5
+    out = draw_pose(image, keypoints, scores, joint_set, threshold=0.4)
+    assert out[100, 200].any() and out[200, 300].any()  # [2, 3] and [3, 4] are skeleton limbs
+
+
+def test_pose_to_dict_names_every_joint():
+    joint_set = load_joint_set("union21")
+    d = pose_to_dict(np.arange(42.0).reshape(21, 2), np.linspace(0, 1, 21), joint_set, 0.5, "a.jpg", [1, 2, 3, 4])
+    assert d["num_joints"] == 21 and [k["name"] for k in d["keypoints"]] == list(joint_set.joints)
+    assert d["keypoints"][3] == {"name": "neck", "x": 6.0, "y": 7.0, "score": pytest.approx(0.15), "visible": False}
+    json.dumps(d)
+
+
+def _example_main():
+    spec = importlib.util.spec_from_file_location("inference_example", REPO / "inference_example.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@needs_image
+@pytest.mark.parametrize("extra", [[], ["--flip", "--box", "200", "50", "650", "650"]])
+def test_inference_example_writes_png_and_json(tmp_path, extra):
+    _save(tmp_path / "w8.pth", 17, key="student_model")
+    out, js = tmp_path / "out.png", tmp_path / "out.json"
+    code = _example_main()(["--image", str(TEST_JPG), "--weights", str(tmp_path / "w8.pth"), "--out", str(out),
+                            "--json", str(js), "--device", "cpu", "--threshold", "0.0"] + extra)
+    assert code == 0
+    picture = cv2.imread(str(out))
+    assert picture.shape == cv2.imread(str(TEST_JPG)).shape  # drawn on the original image
+    result = json.loads(js.read_text())
+    assert result["joint_set"] == "ap10k" and len(result["keypoints"]) == 17
+    assert all(np.isfinite([k["x"], k["y"], k["score"]]).all() for k in result["keypoints"])
+
+
+@needs_image
+def test_inference_example_wrong_joints_is_a_one_line_error(tmp_path, capsys):
+    _save(tmp_path / "w8.pth", 21, key="")
+    code = _example_main()(["--image", str(TEST_JPG), "--weights", str(tmp_path / "w8.pth"), "--joints", "ap10k",
+                            "--out", str(tmp_path / "o.png")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "21 joints" in err
+    assert not (tmp_path / "o.png").exists()
