@@ -24,7 +24,7 @@ from tqdm import tqdm
 from freenet import distributed
 from freenet.checkpoint import atomic_save, load_checkpoint
 from freenet.config import REPO_ROOT
-from freenet.errors import DataError
+from freenet.errors import DataError, from_worker
 from freenet.optim import OptimizedModel
 
 log = logging.getLogger("freenet")
@@ -39,6 +39,7 @@ class LoopConfig:
     eval_step: int
     eval_schedule: Sequence[Sequence[int]] = ()  # [(until_step, every), ...] before the default cadence
     log_every: int = 10                          # refresh the progress bar (one device sync) every N steps
+    stop_step: int | None = None                 # stop (and save) before this step; the schedule is unchanged
 
     def is_eval_step(self, step: int) -> bool:
         """(step + 1) % every == 0, with ``every`` from the first schedule entry whose step bound is not
@@ -54,8 +55,8 @@ class LoopConfig:
 @dataclass
 class TrainState:
     step: int = -1           # last finished step
-    best_oks: float = 0.0
-    best_pck: float = 0.0
+    best_oks: float = -1.0   # below any score: the first evaluation always writes best-*.pth
+    best_pck: float = -1.0
 
 
 class RunDir:
@@ -67,9 +68,18 @@ class RunDir:
     @classmethod
     def create(cls, output_dir: str, name: str, config_text: str, args: dict) -> "RunDir":
         stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        run = cls(Path(output_dir) / f"{name}_{stamp}")
+        path = Path(output_dir) / f"{name}_{stamp}"
+        run = cls(path)
         if distributed.is_main():
-            run.path.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            suffix = 1
+            while True:  # two runs started in the same second get their own folders
+                try:
+                    run.path.mkdir()
+                    break
+                except FileExistsError:
+                    suffix += 1
+                    run.path = path.with_name(f"{path.name}_{suffix}")
             (run.path / "config.yaml").write_text(config_text)
             (run.path / "args.json").write_text(json.dumps(args, indent=2, default=str) + "\n")
             (run.path / "git_commit.txt").write_text(git_commit() + "\n")
@@ -127,14 +137,14 @@ def restore(path: str, teacher: OptimizedModel, student: OptimizedModel) -> Trai
                                   f"from weights use --pretrained-weights-name / --student-weights)")
     teacher.load_state_dict(ckpt, "teacher")
     student.load_state_dict(ckpt, "student")
-    state = TrainState(step=ckpt["step"], best_oks=ckpt.get("best_oks", 0.0), best_pck=ckpt.get("best_pck", 0.0))
+    state = TrainState(step=ckpt["step"], best_oks=ckpt.get("best_oks", -1.0), best_pck=ckpt.get("best_pck", -1.0))
     # checkpoint.pth is written before each evaluation (SPEC §9), so the best scores found by that
     # evaluation live in best.json beside it.
     best_file = Path(path).parent / "best.json"
     if best_file.exists():
         best = json.loads(best_file.read_text())
-        state.best_oks = max(state.best_oks, best.get("best_oks", 0.0))
-        state.best_pck = max(state.best_pck, best.get("best_pck", 0.0))
+        state.best_oks = max(state.best_oks, best.get("best_oks", -1.0))
+        state.best_pck = max(state.best_pck, best.get("best_pck", -1.0))
     return state
 
 
@@ -187,7 +197,7 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
     tic = time.perf_counter()
     try:
         with Interrupt() as interrupt:
-            for step in range(start, loop.total_steps):
+            for step in range(start, min(loop.total_steps, loop.stop_step or loop.total_steps)):
                 batch_l, batch_u = _next_batches(labeled, unlabeled)
                 out = step_fn(step, batch_l, batch_u)
                 for k, v in out.items():
@@ -209,6 +219,10 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
                     _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
                     tqdm.write(f"Stopped after step {step}. Resume with --resume {run / 'checkpoint.pth'}")
                     break
+            else:
+                if state.step >= start and not loop.is_eval_step(state.step):
+                    # The last steps ran after the last evaluation: keep them too.
+                    _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
     finally:
         bar.close()
         recorder.close()
@@ -218,13 +232,12 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
 def _next_batches(labeled: Iterator[dict], unlabeled: Iterator[dict]) -> tuple[dict, dict]:
     try:
         return next(labeled), next(unlabeled)
-    except DataError:
-        raise
-    except RuntimeError as e:
-        # A worker's DataError comes back as RuntimeError when it cannot be rebuilt; keep the message.
-        if "DataError" in str(e):
-            raise DataError(str(e).strip().splitlines()[-1]) from e
-        raise
+    except (DataError, RuntimeError) as e:
+        # A DataError raised in a loader worker comes back wrapped in the worker's traceback.
+        clean = from_worker(e)
+        if clean is None:
+            raise
+        raise clean from None
 
 
 def _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, train, extra):

@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,15 +15,15 @@ import torch
 
 from freenet import distributed
 from freenet.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_model_weights
-from freenet.config import load_config
+from freenet.cli import add_run_args, config_from_args, run_main, setup_device
+from freenet.config import configured_joint_set
 from freenet.data.dataset import KeypointDataset, stream_loader
 from freenet.data.settings import build_training_sets
 from freenet.data.transforms import AugmentConfig, TwoViewTransform
-from freenet.device import autocast_dtype, configure_backends, resolve_device
+from freenet.device import autocast_dtype, configure_backends
 from freenet.engine import LoopConfig, RunDir, TrainState, restore, train_loop
-from freenet.errors import DataError
 from freenet.freenet_step import FreeNetHyper, FreeNetStep
-from freenet.joints import JointSet, JointSetError, load_joint_set
+from freenet.joints import JointSet
 from freenet.models import PoseHighResolutionNet
 from freenet.optim import make_optimized
 
@@ -50,14 +48,12 @@ def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
                                 epilog="Trailing KEY VALUE pairs override the yaml, e.g. MODEL.WIDTH 8 "
                                        "MODEL.IMAGE_SIZE [64,64] MODEL.HEATMAP_SIZE [16,16]")
     a = p.add_argument
-    a("--cfg", default=d.cfg, help="experiment yaml (data, joint set, model, evaluation)")
-    a("--name", default="ours", help="run name: the run directory is <output-dir>/<name>_<date_time>")
-    a("--data-root", default=None, help="data root (SPEC §3.1 layout); default: DATASET.ROOT of the yaml")
-    a("--output-dir", default="./experiment")
-    a("--resume", default=None, help="checkpoint.pth of a run to continue (any step)")
     a("--total-steps", type=int, default=120000)
     a("--eval-step", type=int, default=5, help="evaluate and checkpoint every N steps")
     a("--start-step", type=int, default=0, help="first step of a fresh run (schedules and data start there)")
+    a("--stop-step", type=int, default=None,
+      help="save and stop before this step, keeping the --total-steps schedule (e.g. a job's time limit); "
+           "continue later with --resume")
     a("--warmup-steps", type=int, default=900)
     a("--student-wait-steps", type=int, default=0)
     a("--down-step", type=int, default=9000, help="steps over which the pseudo-label keep ratio ramps down")
@@ -68,15 +64,8 @@ def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
     a("--student_lr", type=float, default=1e-3)
     a("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4)
     a("--grad-clip", type=float, default=1e9)
-    a("--workers", type=int, default=8, help="data-loader processes (0 = load in the main process)")
     a("--batch-size", type=int, default=d.batch_size, help="labeled batch size B")
     a("--mu", type=int, default=1, help="unlabeled batch = B * mu")
-    a("--seed", type=int, default=2)
-    a("--keypoints-path", default=None, help="joint-set name or JSON file; default: DATASET.JOINTS of the yaml")
-    a("--num-joints", type=int, default=None, help="must match the joint set (17, 21 or 24)")
-    a("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
-    a("--amp-dtype", choices=("fp16", "bf16"), default="fp16")
-    a("--device", default=None, help="auto, cpu, cuda, cuda:N (default: DEVICE of the yaml)")
     a("--channels-last", action=argparse.BooleanOptionalAction, default=None,
       help="NHWC activations (default: on for CUDA)")
     a("--compile", action="store_true", help="torch.compile both networks (CUDA)")
@@ -86,40 +75,8 @@ def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
       help="teacher (base network) weights in that folder; '' = random init (not the method)")
     a("--student-weights", default="pretrained_ori.pth",
       help="adaptation-network init in that folder (non-strict); absent = random init")
-    if d.needs_level:
-        a("--level", type=int, required=True, choices=(0, 1), help="0: 5 shared joints, 1: 9 shared joints")
-    if d.needs_level or d.has_split_file:
-        a("--anns-info-path", default=None, help="split file; default: DATASET.SPLIT_FILE of the yaml")
-    if d.sample_ratio is not None:
-        a("--sample-ratio", type=float, default=d.sample_ratio, help="labeled fraction of the pooled train records")
-    a("opts", nargs=argparse.REMAINDER, help="yacs KEY VALUE overrides")
+    add_run_args(p, d.cfg, needs_level=d.needs_level, has_split_file=d.has_split_file, sample_ratio=d.sample_ratio)
     return p
-
-
-def config_from_args(args):
-    """yaml <- flags that name config keys <- trailing KEY VALUE overrides."""
-    opts = []
-    level = getattr(args, "level", None)
-    ratio = getattr(args, "sample_ratio", None)
-    if args.data_root:
-        opts += ["DATASET.ROOT", args.data_root]
-    if args.keypoints_path:
-        opts += ["DATASET.JOINTS", args.keypoints_path]
-    if args.num_joints:
-        opts += ["MODEL.NUM_JOINTS", args.num_joints]
-    if args.device:
-        opts += ["DEVICE", args.device]
-    if ratio is not None:
-        opts += ["DATASET.SAMPLE_RATIO", ratio]
-    if getattr(args, "anns_info_path", None):
-        opts += ["DATASET.SPLIT_FILE", args.anns_info_path]
-    opts += ["WORKERS", args.workers, "SEED", args.seed]
-    cfg = load_config(args.cfg, [str(o) for o in opts] + list(args.opts or []))
-    if level is not None and "{level}" in cfg.DATASET.SPLIT_FILE:
-        cfg.defrost()
-        cfg.DATASET.SPLIT_FILE = cfg.DATASET.SPLIT_FILE.format(level=level)
-        cfg.freeze()
-    return cfg
 
 
 def load_student_init(model: torch.nn.Module, path: Path) -> None:
@@ -152,17 +109,6 @@ def augment_config(cfg) -> AugmentConfig:
                          max_rotation=cfg.DATASET.ROT_FACTOR, flip_prob=0.5 if cfg.DATASET.FLIP else 0.0)
 
 
-def check_joint_set(cfg) -> JointSet:
-    joint_set = load_joint_set(cfg.DATASET.JOINTS)
-    if cfg.MODEL.NUM_JOINTS != joint_set.num_joints:
-        raise JointSetError(f"--num-joints / MODEL.NUM_JOINTS is {cfg.MODEL.NUM_JOINTS} but the joint set "
-                            f"'{joint_set.name}' ({joint_set.path}) has {joint_set.num_joints} joints")
-    if cfg.MODEL.IMAGE_SIZE[0] != cfg.MODEL.IMAGE_SIZE[1] or cfg.MODEL.IMAGE_SIZE[0] != 4 * cfg.MODEL.HEATMAP_SIZE[0]:
-        raise ValueError(f"MODEL.IMAGE_SIZE {list(cfg.MODEL.IMAGE_SIZE)} must be square and 4x MODEL.HEATMAP_SIZE "
-                         f"{list(cfg.MODEL.HEATMAP_SIZE)}")
-    return joint_set
-
-
 def build_evaluator(cfg, joint_set: JointSet, device: torch.device):
     """The validation set, built once; called on each network at every evaluation (SPEC §9, §11)."""
     from freenet.evaluation import Evaluator
@@ -171,31 +117,17 @@ def build_evaluator(cfg, joint_set: JointSet, device: torch.device):
     return lambda model: evaluator(model, device)
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO if distributed.is_main() else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-
-
 def run(defaults: ScriptDefaults, argv=None) -> int:
     """Parse, build and train. Returns the process exit code."""
     args = build_parser(defaults).parse_args(argv)
-    try:
-        train_freenet(args, defaults)
-    except (DataError, CheckpointError, JointSetError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        distributed.shutdown()
-    return 0
+    return run_main(lambda: train_freenet(args))
 
 
-def train_freenet(args, defaults: ScriptDefaults) -> TrainState:
+def train_freenet(args) -> TrainState:
     cfg = config_from_args(args)
-    wants_cuda = cfg.DEVICE.startswith("cuda") or (cfg.DEVICE == "auto" and torch.cuda.is_available())
-    device = resolve_device(cfg.DEVICE, distributed.init_from_env("cuda" if wants_cuda else "cpu"))
-    setup_logging()
+    device = setup_device(cfg)
     configure_backends(device, cfg.CUDNN.BENCHMARK)
-    joint_set = check_joint_set(cfg)
+    joint_set = configured_joint_set(cfg)
     amp_dtype = autocast_dtype(device, args.amp, args.amp_dtype)
     channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
 
@@ -256,7 +188,8 @@ def train_freenet(args, defaults: ScriptDefaults) -> TrainState:
     unlabeled = stream_loader(KeypointDataset(sets.unlabeled, TwoViewTransform(joint_set, aug, with_target=False),
                                               cfg.SEED, stream=1),
                               args.batch_size * args.mu, state.step + 1, unlabeled_workers, pin, rank, world)
-    loop = LoopConfig(args.total_steps, args.eval_step, [tuple(x) for x in cfg.FREENET.EVAL_SCHEDULE])
+    loop = LoopConfig(args.total_steps, args.eval_step, [tuple(x) for x in cfg.FREENET.EVAL_SCHEDULE],
+                      stop_step=args.stop_step)
     extra = {"joint_set": joint_set.name, "num_joints": joint_set.num_joints, "width": cfg.MODEL.WIDTH,
              "config": cfg.dump()}
     state = train_loop(step_fn, teacher, student, iter(labeled), iter(unlabeled), evaluate, loop, state, run_dir, extra)

@@ -8,6 +8,7 @@ pure function of ``s``: ``--resume`` continues the exact stream, whatever the wo
 """
 from __future__ import annotations
 
+import signal
 from typing import Iterator, Sequence
 
 import cv2
@@ -97,7 +98,12 @@ def stream_loader(dataset: KeypointDataset, batch_size: int, start_batch: int = 
     sampler = StreamSampler(len(dataset), batch_size, dataset.seed, dataset.stream, start_batch, rank, world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                       pin_memory=pin_memory, persistent_workers=workers > 0,
-                      prefetch_factor=4 if workers > 0 else None)
+                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=_ignore_sigint)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C is the main process's to handle (it saves a checkpoint, then stops the workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def collate(samples: list[dict]) -> dict:

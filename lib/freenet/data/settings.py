@@ -73,7 +73,7 @@ def build_training_sets(dataset_cfg, joint_set: JointSet, seed: int, check_image
     layout = DataLayout(dataset_cfg.ROOT)
     pools = load_sources(layout, dataset_cfg.SOURCES, dataset_cfg.TRAIN_SET, joint_set, check_images)
     everything = [r for pool in pools for r in pool]
-    notes = [f"train records per source: " + ", ".join(f"{s} {len(p)}" for s, p in zip(dataset_cfg.SOURCES, pools))]
+    notes = ["train records per source: " + ", ".join(f"{s} {len(p)}" for s, p in zip(dataset_cfg.SOURCES, pools))]
 
     if mode == "ratio":
         labeled, unlabeled = sample_by_ratio(pools, dataset_cfg.SAMPLE_RATIO, seed)

@@ -89,10 +89,12 @@ class TwoViewTransform:
     (record, seed): training is reproducible across worker counts and after ``--resume``.
     """
 
-    def __init__(self, joint_set: JointSet, config: AugmentConfig = AugmentConfig(), with_target: bool = True):
+    def __init__(self, joint_set: JointSet, config: AugmentConfig = AugmentConfig(), with_target: bool = True,
+                 with_aug: bool = True):
         self.joint_set = joint_set
         self.config = config
         self.with_target = with_target
+        self.with_aug = with_aug  # False: the ori view only (supervised base-network training, SPEC §12)
         self.flip_index = joint_set.flip_index
         self.photometric = RandAugment(n=2, m=10) if config.photometric else None
 
@@ -118,8 +120,9 @@ class TwoViewTransform:
             joints[:, 0] = size - 1 - joints[:, 0]
             joints, vis = joints[self.flip_index], vis[self.flip_index]
         ori = np.ascontiguousarray(ori)
-        aug = self.photometric(ori, rng) if self.photometric is not None else ori
-        sample = {"ori": _to_chw(ori), "aug": _to_chw(aug)}
+        sample = {"ori": _to_chw(ori)}
+        if self.with_aug:
+            sample["aug"] = _to_chw(self.photometric(ori, rng)) if self.photometric is not None else sample["ori"]
         if self.with_target:
             stride = size / cfg.heatmap_size
             target, valid = encode_keypoints(joints, vis, (cfg.heatmap_size, cfg.heatmap_size), stride, cfg.sigma)

@@ -1,0 +1,157 @@
+"""Supervised training of the base network (SPEC §12): the FreeNet teacher's initialisation.
+
+Trains one HRNet on the *labeled* records of any setting (the same yaml and setting flags as the
+FreeNet scripts) with ori-view transforms, the §5.4 loss and Adam (lr 1e-3, ×0.1 at epochs 170
+and 200 of 210 by default, from the yaml's TRAIN section), evaluates like §11 and writes
+``best.pth`` — a plain state_dict that ``--pretrained-weights-name`` loads as the teacher.
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import logging
+import shutil
+from functools import partial
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from freenet import distributed
+from freenet.checkpoint import atomic_save, load_checkpoint
+from freenet.cli import add_run_args, config_from_args, run_main, setup_device
+from freenet.config import configured_joint_set
+from freenet.data.dataset import KeypointDataset, stream_loader
+from freenet.data.settings import build_training_sets
+from freenet.data.transforms import TwoViewTransform, normalize_images
+from freenet.device import autocast_dtype, configure_backends
+from freenet.engine import Interrupt, Recorder, RunDir
+from freenet.losses import weighted_heatmap_mse
+from freenet.models import load_imagenet_backbone
+from freenet.optim import OptimizedModel
+from freenet.training import augment_config, build_evaluator, build_model
+
+log = logging.getLogger("freenet")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--epochs", type=int, default=None, help="default: TRAIN.END_EPOCH of the yaml")
+    a("--batch-size", type=int, default=None, help="default: TRAIN.BATCH_SIZE_PER_GPU of the yaml")
+    a("--eval-every", type=int, default=1, help="evaluate (and keep the best weights) every N epochs")
+    a("--imagenet", default=None, help="ImageNet HRNet-W32 classification weights for the backbone (optional)")
+    a("--save-as", default=None, help="also copy the best weights here, e.g. pretrained_weights/pretrained_25_5.pth")
+    a("--level", type=int, default=None, choices=(0, 1), help="split level (the split setting's yaml)")
+    a("--sample-ratio", type=float, default=None, help="labeled fraction (mixed settings); default: the yaml's")
+    add_run_args(p, "experiments/ap10k/freenet_split.yaml", has_split_file=True)
+    return p
+
+
+def multistep(iteration: int, iters_per_epoch: int, milestones, factor: float) -> float:
+    """×factor at every milestone epoch, evaluated per iteration (so one LR scheduler serves both loops)."""
+    return factor ** bisect.bisect_right(list(milestones), iteration // iters_per_epoch)
+
+
+def train_supervised(args) -> dict:
+    cfg = config_from_args(args)
+    device = setup_device(cfg)
+    configure_backends(device, cfg.CUDNN.BENCHMARK)
+    joint_set = configured_joint_set(cfg)
+    amp_dtype = autocast_dtype(device, args.amp, args.amp_dtype)
+    epochs = args.epochs or cfg.TRAIN.END_EPOCH
+    batch_size = args.batch_size or cfg.TRAIN.BATCH_SIZE_PER_GPU
+
+    records = build_training_sets(cfg.DATASET, joint_set, cfg.SEED).labeled
+    log.info("%d labeled training records", len(records))
+    evaluate = build_evaluator(cfg, joint_set, device)
+
+    torch.manual_seed(cfg.SEED)
+    model = build_model(cfg, joint_set)
+    imagenet = args.imagenet or cfg.MODEL.PRETRAINED
+    if imagenet and not args.resume:
+        report = load_imagenet_backbone(model, imagenet)
+        log.info("ImageNet backbone from %s: %d tensors loaded, %d not in the checkpoint", imagenet,
+                 len(report["loaded"]), len(report["missing"]))
+    model.to(device)
+    iters_per_epoch = max(1, len(records) // batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.TRAIN.LR, weight_decay=cfg.TRAIN.WD)
+    schedule = partial(multistep, iters_per_epoch=iters_per_epoch, milestones=cfg.TRAIN.LR_STEP,
+                       factor=cfg.TRAIN.LR_FACTOR)
+    net = OptimizedModel(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+                         torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16))
+    weights = torch.tensor(joint_set.loss_weights, device=device)
+
+    start_epoch, best_ap = 0, -1.0
+    if args.resume:
+        ckpt = load_checkpoint(args.resume)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        net.scheduler.load_state_dict(ckpt["scheduler"])
+        if "scaler" in ckpt and net.scaler.is_enabled():
+            net.scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, best_ap = ckpt["epoch"] + 1, ckpt["best_ap"]
+        run = RunDir(Path(args.resume).parent)
+    else:
+        run = RunDir.create(args.output_dir, args.name, cfg.dump(), vars(args))
+    log.info("run directory %s", run.path)
+
+    transform = TwoViewTransform(joint_set, augment_config(cfg), with_aug=False)
+    loader = iter(stream_loader(KeypointDataset(records, transform, cfg.SEED, stream=2), batch_size,
+                                start_epoch * iters_per_epoch, cfg.WORKERS, device.type == "cuda",
+                                distributed.rank(), distributed.world_size()))
+    recorder = Recorder(run)
+    summary = {"best_ap": best_ap, "run_dir": str(run.path)}
+    with Interrupt() as interrupt:
+        for epoch in range(start_epoch, epochs):
+            model.train()
+            total = torch.zeros((), device=device)
+            for _ in tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                          disable=not distributed.is_main()):
+                batch = next(loader)
+                x = normalize_images(batch["ori"].to(device, non_blocking=True))
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    out = model(x)
+                loss = weighted_heatmap_mse(out, batch["target"].to(device), batch["target_weight"].to(device), weights)
+                net.update(loss)
+                total += loss.detach()
+                if interrupt.requested:
+                    break
+            train_loss = float(total) / iters_per_epoch
+            last = epoch == epochs - 1 or interrupt.requested
+            if distributed.is_main() and ((epoch + 1) % args.eval_every == 0 or last):
+                model.eval()
+                metrics = evaluate(model)
+                recorder.scalars("Train_Loss", {"Loss": train_loss}, epoch)
+                recorder.scalars("Val_OKS", {"OKS": metrics["AP"]}, epoch)
+                recorder.scalars("Val_PCK", {"PCK": metrics["PCK"]}, epoch)
+                with open(run / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"epoch": epoch, "train_loss": train_loss,
+                                        "AP": metrics["AP"], "PCK": metrics["PCK"]}) + "\n")
+                tqdm.write(f"[epoch {epoch + 1}] loss {train_loss:.6f} AP {metrics['AP']:.4f} PCK {metrics['PCK']:.4f}")
+                if metrics["AP"] > best_ap:
+                    best_ap = metrics["AP"]
+                    atomic_save(model.state_dict(), run / "best.pth")
+                    summary.update(best_ap=best_ap, best_pck=metrics["PCK"], best_epoch=epoch)
+            if distributed.is_main():
+                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": net.scheduler.state_dict(), "scaler": net.scaler.state_dict(),
+                             "epoch": epoch, "best_ap": best_ap, "joint_set": joint_set.name,
+                             "num_joints": joint_set.num_joints, "width": cfg.MODEL.WIDTH}, run / "checkpoint.pth")
+            distributed.barrier()
+            if interrupt.requested:
+                tqdm.write(f"Stopped in epoch {epoch}. Resume with --resume {run / 'checkpoint.pth'}")
+                break
+    recorder.close()
+    if args.save_as and distributed.is_main() and (run / "best.pth").exists():
+        Path(args.save_as).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / "best.pth", args.save_as)
+        log.info("best weights (AP %.4f) copied to %s", best_ap, args.save_as)
+    log.info("done: %s", json.dumps(summary))
+    return summary
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: train_supervised(args))

@@ -1,0 +1,152 @@
+"""FreeNet training end to end (SPEC §9, §10) on the tiny synthetic data root, width-8 HRNet, CPU."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_MODEL
+from freenet.engine import LoopConfig
+
+pytestmark = pytest.mark.slow
+
+SCRIPTS = {
+    "train_split_ap10k.py": ["--level", "0"],
+    "train_synthetic_ap10k.py": [],
+    "finetune.py": [],
+    "train_ap10k_animalpose.py": ["--sample-ratio", "0.3"],
+    "train_ap10k_animalpose_tigdog.py": ["--sample-ratio", "0.3"],
+}
+
+
+def tiny_args(root, out, steps=4, eval_step=2, workers=0, extra=()):
+    return ["--data-root", str(root), "--output-dir", str(out), "--total-steps", str(steps),
+            "--eval-step", str(eval_step), "--workers", str(workers), "--batch-size", "2", "--mu", "2",
+            "--warmup-steps", "1", "--feedback-steps-start", "2", "--feedback-steps-complete", "4",
+            "--pretrained-weights-name", "", "--pretrained-model-path", str(out / "no_weights"),
+            *extra, *TINY_MODEL]
+
+
+def run_script(script, args, **kw):
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def only_run_dir(out: Path) -> Path:
+    runs = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("ours_")]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_eval_cadence_of_the_24_joint_script():
+    loop = LoopConfig(total_steps=45000, eval_step=150, eval_schedule=[(15000, 600), (30000, 300)])
+    evals = [s for s in range(45000) if loop.is_eval_step(s)]
+    assert evals[:2] == [599, 1199]
+    assert [s for s in evals if 14000 < s < 16000] == [14399, 14999, 15299, 15599, 15899]
+    assert [s for s in evals if 29500 < s < 30400] == [29699, 29999, 30149, 30299]
+    assert len(evals) == 25 + 50 + 100
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_runs_end_to_end(script, synthetic_root, tmp_path):
+    proc = run_script(script, tiny_args(synthetic_root, tmp_path, extra=SCRIPTS[script]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run_dir(tmp_path)
+    ckpt = torch.load(run / "checkpoint.pth", weights_only=False)
+    assert ckpt["step"] == 3 and ckpt["epoch"] == 1
+    assert {"teacher_model", "student_model", "teacher_optimizer", "student_optimizer", "teacher_scheduler",
+            "student_scheduler"} <= set(ckpt)
+    lines = (run / "val_log.txt").read_text().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("epoch:0 student_oks:") and "  teacher_pck:" in lines[0]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    best = torch.load(run / "best-oks.pth", weights_only=True)
+    assert set(best) == set(ckpt["student_model"])                 # the student's weights alone
+    assert (run / "best-pck.pth").is_file()
+    cfg_text = (run / "config.yaml").read_text()
+    assert "WIDTH: 8" in cfg_text and json.loads((run / "args.json").read_text())["total_steps"] == 4
+    assert (run / "git_commit.txt").read_text().strip()
+
+
+def test_tensorboard_scalar_names(synthetic_root, tmp_path):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    proc = run_script("train_ap10k_animalpose_tigdog.py", tiny_args(synthetic_root, tmp_path, steps=2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mux = EventMultiplexer().AddRunsFromDirectory(str(only_run_dir(tmp_path) / "tensorboard"))
+    mux.Reload()
+    runs = {Path(name).name for name in mux.Runs()}
+    # add_scalars writes one sub-run per "<tag>_<name>"
+    assert {"Train_Loss_Stu_Loss", "Train_Loss_Tea_Loss", "Val_OKS_Stu_OKS", "Val_OKS_Tea_OKS", "Val_PCK_Stu_PCK",
+            "Val_PCK_Tea_PCK", "PL_kp_num_Head_PL", "PL_kp_num_Front_PL", "PL_kp_num_Back_PL"} <= runs
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root, tmp_path):
+    from train_split_ap10k import DEFAULTS
+    from freenet.training import run
+
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    assert run(DEFAULTS, ["--level", "1", *tiny_args(synthetic_root, straight, steps=6, eval_step=3)]) == 0
+    assert run(DEFAULTS, ["--level", "1", "--stop-step", "3", *tiny_args(synthetic_root, halves, steps=6, eval_step=3)]) == 0
+    first = only_run_dir(halves) / "checkpoint.pth"
+    assert torch.load(first, weights_only=False)["step"] == 2
+    assert run(DEFAULTS, ["--level", "1", "--resume", str(first),
+                          *tiny_args(synthetic_root, halves, steps=6, eval_step=3)]) == 0
+    a = torch.load(only_run_dir(straight) / "checkpoint.pth", weights_only=False)
+    b = torch.load(first, weights_only=False)
+    assert a["step"] == b["step"] == 5
+    for key in ("teacher_model", "student_model"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    assert a["student_optimizer"]["state"][0]["exp_avg"].equal(b["student_optimizer"]["state"][0]["exp_avg"])
+    assert a["teacher_scheduler"] == b["teacher_scheduler"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupted_image_stops_the_run_naming_the_file(synthetic_root, tmp_path, workers):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    out = tmp_path / "out"
+    first = run_script("train_split_ap10k.py", ["--level", "0", *tiny_args(root, out, steps=2, eval_step=2)])
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt_path = only_run_dir(out) / "checkpoint.pth"
+    before = ckpt_path.read_bytes()
+    bad = sorted((root / "ap_10k" / "data").glob("*.jpg"))
+    for image in bad:
+        image.write_bytes(b"\xff\xd8 truncated")
+    proc = run_script("train_split_ap10k.py", ["--level", "0", "--resume", str(ckpt_path),
+                                               *tiny_args(root, out, steps=40, eval_step=20, workers=workers)])
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "cannot read image" in last
+    assert any(str(image) in last for image in bad), last
+    assert "Traceback" not in proc.stderr
+    assert ckpt_path.read_bytes() == before                      # the checkpoint is untouched and loads
+    assert torch.load(ckpt_path, weights_only=False)["step"] == 1
+
+
+def test_sigint_saves_and_the_run_resumes(synthetic_root, tmp_path):
+    args = ["--level", "0", *tiny_args(synthetic_root, tmp_path, steps=100000, eval_step=100000, workers=1)]
+    proc = subprocess.Popen([sys.executable, str(REPO / "train_split_ap10k.py"), *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("ours_*/tensorboard")):
+        time.sleep(0.2)
+    time.sleep(3.0)                               # a few steps
+    os.killpg(proc.pid, signal.SIGINT)            # like Ctrl-C in a terminal: main process and workers
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Resume with --resume" in out + err
+    ckpt_path = only_run_dir(tmp_path) / "checkpoint.pth"
+    step = torch.load(ckpt_path, weights_only=False)["step"]
+    assert step >= 0
+    resumed = run_script("train_split_ap10k.py", ["--level", "0", "--resume", str(ckpt_path),
+                                                  *tiny_args(synthetic_root, tmp_path, steps=step + 3,
+                                                             eval_step=100000)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(ckpt_path, weights_only=False)["step"] == step + 2
