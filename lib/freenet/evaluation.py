@@ -600,6 +600,7 @@ class Evaluator:
             with torch.no_grad():
                 for start, crops in self._crop_batches(progress, pin_memory=device.type == "cuda"):
                     x = normalize_images(crops.to(device, non_blocking=True))
+                    x = x.contiguous(memory_format=torch.channels_last)  # NHWC convolutions are faster
                     with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
                         # One forward for both views: eval-mode BatchNorm makes samples independent.
                         heat = model(torch.cat([x, x.flip(3)]) if self.settings.flip_test else x).float()
@@ -754,7 +755,8 @@ def evaluate_from_config(cfg, protocol: str | None = None, results_file: str = "
     where = load_model_weights(model, cfg.TEST.MODEL_FILE, cfg.TEST.MODEL_KEY)
     log.info("weights from %s [%s]", cfg.TEST.MODEL_FILE, where)
     evaluator = Evaluator.from_config(cfg, joint_set, protocol)
-    metrics = evaluator(model.to(device), device, output_dir=cfg.OUTPUT_DIR, progress=progress)
+    model = model.to(device, memory_format=torch.channels_last)
+    metrics = evaluator(model, device, output_dir=cfg.OUTPUT_DIR, progress=progress)
     metrics.update({"model_file": str(cfg.TEST.MODEL_FILE), "model_key": where, "protocol": protocol})
     write_outputs(cfg.OUTPUT_DIR, metrics)  # again, now with where the numbers come from
     return metrics, joint_set

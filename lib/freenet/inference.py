@@ -55,7 +55,7 @@ def load_pose_model(weights: str | os.PathLike, joints: str | os.PathLike | None
     model = PoseHighResolutionNet(num_joints=num_joints, width=width)
     check_compatible(model, state, str(weights))
     model.load_state_dict(state)
-    return model.to(device).eval(), joint_set, where
+    return model.to(device, memory_format=torch.channels_last).eval(), joint_set, where
 
 
 def whole_image_box(image: np.ndarray) -> np.ndarray:

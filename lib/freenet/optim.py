@@ -57,8 +57,10 @@ class OptimizedModel:
 def make_adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW, default betas/eps, one parameter group (SPEC §8). Fused on CUDA: one kernel for all
     parameters, and GradScaler hands it the inf flag on the device instead of syncing."""
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None)
+    if device.type == "cuda":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    # CPU: the multi-tensor implementation is ~1.5x faster than the per-parameter loop.
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def make_optimized(model: nn.Module, lr: float, weight_decay: float, warmup_steps: int, total_steps: int,
