@@ -68,15 +68,13 @@ def main():
     p.add_argument("--joints", default="union24")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--amp-dtype", choices=("fp16", "bf16"), default="fp16")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--loader", action="store_true", help="also time the real loaders (needs --data-root)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--workers", type=int, default=8)
     args = p.parse_args()
     device = pick_device(args.device)
-    if args.channels_last is None:
-        args.channels_last = device.type == "cuda"
     configure_backends(device)
     js, step, amp = build(args, device)
     labeled = synthetic_batch(args.batch, args.size, js.num_joints, True, 1)

@@ -107,3 +107,20 @@ def test_first_student_forward_only_moves_batchnorm_statistics():
     ref_bn = dict(ref.named_modules())
     assert any(not torch.equal(m.running_mean, ref_bn[n].running_mean) for n, m in bn)
     assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), step.student.model.parameters()))
+
+
+def test_labeled_only_ablation_has_no_pseudo_labels_or_feedback():
+    """--mu 0: the student learns from GT alone, exactly like a supervised update of the same batch."""
+    step = make_step(feedback_start=0)
+    ref = make_step(feedback_start=0)
+    out = step(3, L, None)
+    assert set(out) == {"s_loss", "t_loss"}
+    # reference: the same student update done by hand
+    ref_student = ref.student
+    with torch.no_grad():
+        ref_student.model(ref.views(L, None, "ori"))                      # the BN side effect of §6.2
+    ref.teacher.model(ref.views(L, None, "aug"))                          # teacher's aug forward (BN stats)
+    pred = ref_student.model(ref.views(L, None, "aug"))
+    ref_student.update(ref.loss(pred, L["target"], L["target_weight"]))
+    for p, q in zip(step.student.model.parameters(), ref_student.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-7)

@@ -21,7 +21,6 @@ def test_multistep_schedule_per_iteration():
 
 @pytest.mark.slow
 def test_supervised_weights_initialise_the_freenet_teacher(synthetic_root, tmp_path):
-    from train_split_ap10k import DEFAULTS
     from freenet.training import run
 
     weights = tmp_path / "pretrained_weights"
@@ -39,7 +38,7 @@ def test_supervised_weights_initialise_the_freenet_teacher(synthetic_root, tmp_p
     model = PoseHighResolutionNet(17, width=8)
     assert load_model_weights(model, weights / "ap_10k_split_level_0.pth") == "(raw dict)"
     # and the FreeNet script picks it up by its default name for --level 0
-    code = run(DEFAULTS, ["--level", "0", "--data-root", str(synthetic_root), "--output-dir", str(tmp_path / "fn"),
+    code = run("train_split_ap10k", ["--level", "0", "--data-root", str(synthetic_root), "--output-dir", str(tmp_path / "fn"),
                           "--pretrained-model-path", str(weights), "--total-steps", "2", "--eval-step", "2",
                           "--workers", "0", "--batch-size", "2", "--mu", "1", *TINY_MODEL])
     assert code == 0
@@ -67,19 +66,18 @@ def test_student_init_is_non_strict_but_refuses_shape_mismatches(tmp_path, caplo
 
 
 def test_wrong_teacher_file_is_a_one_line_error(synthetic_root, tmp_path, capsys):
-    from train_split_ap10k import DEFAULTS
     from freenet.training import run
 
     weights = tmp_path / "w"
     weights.mkdir()
     torch.save(PoseHighResolutionNet(21, width=8).state_dict(), weights / "ap_10k_split_level_0.pth")
-    code = run(DEFAULTS, ["--level", "0", "--data-root", str(synthetic_root), "--output-dir", str(tmp_path),
+    code = run("train_split_ap10k", ["--level", "0", "--data-root", str(synthetic_root), "--output-dir", str(tmp_path),
                           "--pretrained-model-path", str(weights), "--total-steps", "2", "--workers", "0",
                           *TINY_MODEL])
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "predicts 21 joints but the model has 17" in err[0]
-    code = run(DEFAULTS, ["--level", "0", "--data-root", str(synthetic_root), "--output-dir", str(tmp_path),
+    code = run("train_split_ap10k", ["--level", "0", "--data-root", str(synthetic_root), "--output-dir", str(tmp_path),
                           "--pretrained-model-path", str(tmp_path / "nowhere"), "--total-steps", "2",
                           "--workers", "0", *TINY_MODEL])
     assert code == 1

@@ -87,15 +87,14 @@ def test_tensorboard_scalar_names(synthetic_root, tmp_path):
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root, tmp_path):
-    from train_split_ap10k import DEFAULTS
     from freenet.training import run
 
     straight, halves = tmp_path / "straight", tmp_path / "halves"
-    assert run(DEFAULTS, ["--level", "1", *tiny_args(synthetic_root, straight, steps=6, eval_step=3)]) == 0
-    assert run(DEFAULTS, ["--level", "1", "--stop-step", "3", *tiny_args(synthetic_root, halves, steps=6, eval_step=3)]) == 0
+    assert run("train_split_ap10k", ["--level", "1", *tiny_args(synthetic_root, straight, steps=6, eval_step=3)]) == 0
+    assert run("train_split_ap10k", ["--level", "1", "--stop-step", "3", *tiny_args(synthetic_root, halves, steps=6, eval_step=3)]) == 0
     first = only_run_dir(halves) / "checkpoint.pth"
     assert torch.load(first, weights_only=False)["step"] == 2
-    assert run(DEFAULTS, ["--level", "1", "--resume", str(first),
+    assert run("train_split_ap10k", ["--level", "1", "--resume", str(first),
                           *tiny_args(synthetic_root, halves, steps=6, eval_step=3)]) == 0
     a = torch.load(only_run_dir(straight) / "checkpoint.pth", weights_only=False)
     b = torch.load(first, weights_only=False)

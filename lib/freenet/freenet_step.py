@@ -51,9 +51,10 @@ class FreeNetStep:
     def loss(self, pred, target, mask):
         return weighted_heatmap_mse(pred, target, mask, self.weights)
 
-    def views(self, labeled: dict, unlabeled: dict, view: str) -> torch.Tensor:
+    def views(self, labeled: dict, unlabeled: dict | None, view: str) -> torch.Tensor:
         """[labeled; unlabeled] images of one view (§6.1), normalised on the device."""
-        x = torch.cat([labeled[view], unlabeled[view]]).to(self.device, non_blocking=True)
+        x = labeled[view] if unlabeled is None else torch.cat([labeled[view], unlabeled[view]])
+        x = x.to(self.device, non_blocking=True)
         return normalize_images(x).contiguous(memory_format=self.memory_format)
 
     def pseudo_labels(self, t_u: torch.Tensor, step: int):
@@ -64,13 +65,15 @@ class FreeNetStep:
         mask = body_part_mask(conf, self.groups, self.min_ratios, step, self.hyper.down_step)
         return render_gaussians(coords, mask, (t_u.shape[-1], t_u.shape[-2])), mask, conf
 
-    def __call__(self, step: int, labeled: dict, unlabeled: dict) -> dict[str, torch.Tensor]:
+    def __call__(self, step: int, labeled: dict, unlabeled: dict | None) -> dict[str, torch.Tensor]:
+        """One step. ``unlabeled`` None (``--mu 0``) is the labeled-only ablation: no pseudo labels,
+        no feedback; both networks learn from GT alone."""
         hp, teacher, student = self.hyper, self.teacher.model, self.student.model
         bl = labeled["ori"].shape[0]
         x_ori, x_aug = self.views(labeled, unlabeled, "ori"), self.views(labeled, unlabeled, "aug")  # (Bl+Bu, 3, S, S)
         gt = labeled["target"].to(self.device, non_blocking=True)                  # (Bl, J, H, W)
         gt_mask = labeled["target_weight"].to(self.device, non_blocking=True)      # (Bl, J)
-        feedback_on = step >= hp.feedback_start
+        feedback_on = unlabeled is not None and step >= hp.feedback_start
 
         with self.autocast():
             # §6.2: its only effect is the student's BatchNorm running statistics — kept on purpose.
@@ -85,11 +88,12 @@ class FreeNetStep:
         t_l, t_u = t_ori[:bl], t_ori[bl:]
         s_l, s_u = s_aug[:bl], s_aug[bl:]
 
-        pl_maps, pl_mask, t_conf = self.pseudo_labels(t_u, step)
-
         # §6.5: student update. Targets are detached, so no gradient reaches the teacher.
         s_loss_l = self.loss(s_l, gt, gt_mask)
-        s_loss = s_loss_l + self.loss(s_u, pl_maps, pl_mask)
+        s_loss = s_loss_l
+        if unlabeled is not None:
+            pl_maps, pl_mask, t_conf = self.pseudo_labels(t_u, step)
+            s_loss = s_loss + self.loss(s_u, pl_maps, pl_mask)
         self.student.update(s_loss)
 
         # §6.6: teacher update.
@@ -108,6 +112,7 @@ class FreeNetStep:
         self.teacher.update(t_loss)
 
         out = {"s_loss": s_loss.detach(), "t_loss": t_loss.detach()}
-        for name, joints in self.logging_groups.items():
-            out[f"pl_{name}"] = pl_mask[:, list(joints)].sum()
+        if unlabeled is not None:
+            for name, joints in self.logging_groups.items():
+                out[f"pl_{name}"] = pl_mask[:, list(joints)].sum()
         return out

@@ -6,6 +6,7 @@ them is a yaml under ``experiments/`` and a few flag defaults, never code.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 from dataclasses import dataclass
@@ -43,6 +44,32 @@ class ScriptDefaults:
     sample_ratio: float | None = None  # mixed scripts: --sample-ratio default
 
 
+# The five FreeNet entry scripts differ only in these (SPEC §3.4, §10).
+SCRIPTS = {
+    "train_split_ap10k": ScriptDefaults(
+        cfg="experiments/ap10k/freenet_split.yaml", batch_size=4,
+        pretrained_weights_name="ap_10k_split_level_{level}.pth", needs_level=True,
+        description="FreeNet on AP-10K with synthetic missing-joint splits (--level 0: 5 shared joints, 1: 9)."),
+    "train_synthetic_ap10k": ScriptDefaults(
+        cfg="experiments/ap10k/freenet_25_5.yaml", batch_size=4, pretrained_weights_name="pretrained_25_5.pth",
+        has_split_file=True,
+        description="FreeNet on three synthesized non-standard datasets from AP-10K ('25 -> 5' setting)."),
+    "finetune": ScriptDefaults(
+        cfg="experiments/ap10k/freenet_25_5.yaml", batch_size=4, pretrained_weights_name="pretrained_25_5.pth",
+        has_split_file=True,
+        description="FreeNet fine-tuning run of the '25 -> 5' AP-10K setting (same data and step; the paper runs "
+                    "6000 steps with --down-step 6000)."),
+    "train_ap10k_animalpose": ScriptDefaults(
+        cfg="experiments/ap10k_animalpose/freenet_ratio.yaml", batch_size=8,
+        pretrained_weights_name="ap_10k_animal_pose_mix_SL_{ratio}_hrnet.pth", sample_ratio=0.1,
+        description="FreeNet on AP-10K + AnimalPose (21 union joints), a random --sample-ratio of records labeled."),
+    "train_ap10k_animalpose_tigdog": ScriptDefaults(
+        cfg="experiments/ap10k_animalpose_tigdog/freenet_ratio.yaml", batch_size=8,
+        pretrained_weights_name="union_sl_{ratio}.pth", sample_ratio=0.1,
+        description="FreeNet on AP-10K + AnimalPose + TigDog (24 union joints), a random --sample-ratio labeled."),
+}
+
+
 def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=d.description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog="Trailing KEY VALUE pairs override the yaml, e.g. MODEL.WIDTH 8 "
@@ -65,7 +92,7 @@ def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
     a("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4)
     a("--grad-clip", type=float, default=1e9)
     a("--batch-size", type=int, default=d.batch_size, help="labeled batch size B")
-    a("--mu", type=int, default=1, help="unlabeled batch = B * mu")
+    a("--mu", type=int, default=1, help="unlabeled batch = B * mu (0: labeled-only ablation, no pseudo labels)")
     a("--channels-last", action=argparse.BooleanOptionalAction, default=True,
       help="NHWC activations (faster convolutions on CUDA and on the CPU)")
     a("--compile", action="store_true", help="torch.compile both networks (CUDA)")
@@ -117,13 +144,14 @@ def build_evaluator(cfg, joint_set: JointSet, device: torch.device):
     return lambda model: evaluator(model, device)
 
 
-def run(defaults: ScriptDefaults, argv=None) -> int:
-    """Parse, build and train. Returns the process exit code."""
+def run(script: str | ScriptDefaults, argv=None) -> int:
+    """Parse, build and train (``script``: a key of :data:`SCRIPTS`). Returns the process exit code."""
+    defaults = SCRIPTS[script] if isinstance(script, str) else script
     args = build_parser(defaults).parse_args(argv)
     return run_main(lambda: train_freenet(args))
 
 
-def train_freenet(args) -> TrainState:
+def train_freenet(args) -> dict:
     cfg = config_from_args(args)
     device = setup_device(cfg)
     configure_backends(device, cfg.CUDNN.BENCHMARK)
@@ -190,24 +218,28 @@ def train_freenet(args) -> TrainState:
     pin = device.type == "cuda"
     labeled = stream_loader(KeypointDataset(sets.labeled, TwoViewTransform(joint_set, aug), cfg.SEED, stream=0),
                             args.batch_size, state.step + 1, labeled_workers, pin, rank, world)
-    unlabeled = stream_loader(KeypointDataset(sets.unlabeled, TwoViewTransform(joint_set, aug, with_target=False),
-                                              cfg.SEED, stream=1),
-                              args.batch_size * args.mu, state.step + 1, unlabeled_workers, pin, rank, world)
+    if args.mu > 0:
+        unlabeled = iter(stream_loader(
+            KeypointDataset(sets.unlabeled, TwoViewTransform(joint_set, aug, with_target=False), cfg.SEED, stream=1),
+            args.batch_size * args.mu, state.step + 1, unlabeled_workers, pin, rank, world))
+    else:  # labeled-only ablation: no unlabeled stream at all
+        unlabeled = itertools.repeat(None)
     loop = LoopConfig(args.total_steps, args.eval_step, [tuple(x) for x in cfg.FREENET.EVAL_SCHEDULE],
                       stop_step=args.stop_step)
     extra = {"joint_set": joint_set.name, "num_joints": joint_set.num_joints, "width": cfg.MODEL.WIDTH,
              "config": cfg.dump()}
-    state = train_loop(step_fn, teacher, student, iter(labeled), iter(unlabeled), evaluate, loop, state, run_dir, extra)
-    if distributed.is_main():
-        summary = {"best_oks": state.best_oks, "best_pck": state.best_pck, "last_step": state.step,
-                   "run_dir": str(run_dir.path)}
-        log.info("done: %s", json.dumps(summary))
-    return state
+    state = train_loop(step_fn, teacher, student, iter(labeled), unlabeled, evaluate, loop, state, run_dir, extra)
+    summary = {"best_oks": state.best_oks, "best_pck": state.best_pck, "last_step": state.step,
+               "run_dir": str(run_dir.path)}
+    log.info("done: %s", json.dumps(summary))
+    return summary
 
 
 def split_workers(workers: int, mu: int) -> tuple[int, int]:
     """Loader processes in proportion to each stream's batch (1 : mu); both 0 when workers is 0."""
     if workers <= 0:
         return 0, 0
+    if mu == 0:
+        return workers, 0
     labeled = max(1, round(workers / (1 + mu)))
     return labeled, max(1, workers - labeled)
