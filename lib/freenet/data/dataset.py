@@ -98,12 +98,14 @@ def stream_loader(dataset: KeypointDataset, batch_size: int, start_batch: int = 
     sampler = StreamSampler(len(dataset), batch_size, dataset.seed, dataset.stream, start_batch, rank, world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                       pin_memory=pin_memory, persistent_workers=workers > 0,
-                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=_ignore_sigint)
+                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=_init_worker)
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Ctrl-C is the main process's to handle (it saves a checkpoint, then stops the workers)."""
+def _init_worker(worker_id: int) -> None:
+    # Ctrl-C is the main process's to handle (it saves a checkpoint, then stops the workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # One worker = one core: OpenCV's own thread pool would oversubscribe the machine.
+    cv2.setNumThreads(1)
 
 
 def collate(samples: list[dict]) -> dict:

@@ -1,0 +1,46 @@
+"""``demo.py --quick``: every stage runs and the report's numbers are real evaluations."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_demo_report(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, str(REPO / "demo.py"), "--quick", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = out / "report"
+    summary = json.loads((report / "metrics.json").read_text())
+    assert set(summary["models"]) == {"base", "labeled_only", "freenet_teacher", "freenet_student"}
+    for name in ["report.md", "report.html", *summary["curves"], *summary["pictures"]]:
+        assert (report / name).stat().st_size > 0, name
+    assert len(summary["pictures"]) == 3 and len(summary["curves"]) == 4
+
+    # The student's row is what evaluating its final weights gives, recomputed here from scratch.
+    from freenet.config import load_config
+    from freenet.demo import PLANS, UNION_CFG, load_net, tiny_model_opts
+    from freenet.evaluation import Evaluator
+    from freenet.joints import load_joint_set
+
+    plan = PLANS["quick"]
+    cfg = load_config(UNION_CFG, ["DATASET.ROOT", str(out / "data"), "WORKERS", "0", *tiny_model_opts(plan)])
+    row = summary["models"]["freenet_student"]
+    net = load_net(row["weights"], "student_model", 24, plan.width, torch.device("cpu"))
+    again = Evaluator.from_config(cfg, load_joint_set("union24"))(net, torch.device("cpu"))
+    assert again["AP"] == pytest.approx(row["AP"], abs=1e-12) and again["PCK"] == pytest.approx(row["PCK"], abs=1e-12)
+    assert again["num_instances"] == row["num_instances"] > 0
+    # ... and the table shows those numbers
+    md = (report / "report.md").read_text()
+    assert f"| FreeNet student | {row['AP']:.3f} | {row['AP50']:.3f} | {row['AR']:.3f} | {row['PCK']:.3f} |" in md
+    # the run folders are real training runs through the public scripts' code paths
+    freenet_run = summary["runs"]["freenet"]
+    assert json.loads((out / "runs" / "freenet" / freenet_run.split("/")[-1] / "args.json").read_text())["mu"] == 2
+    assert json.loads((out / "runs" / "labeled_only" / summary["runs"]["labeled_only"].split("/")[-1]
+                       / "args.json").read_text())["mu"] == 0
