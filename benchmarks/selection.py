@@ -9,6 +9,7 @@ and CPU double loops.
 import torch
 
 from common import base_parser, describe, emit, pick_device, time_it
+from freenet.device import configure_backends
 from freenet.heatmaps import argmax_keypoints, render_gaussians
 from freenet.joints import load_joint_set
 from freenet.pseudo_labels import body_part_mask, feedback_mask
@@ -21,6 +22,7 @@ def main():
     p.add_argument("--heatmap", type=int, default=64)
     args = p.parse_args()
     device = pick_device(args.device)
+    configure_backends(device)  # what training does (on the CPU: glibc keeps freed buffers)
     js = load_joint_set(args.joints)
     groups = [g.joints for g in js.part_groups]
     ratios = [g.min_ratio for g in js.part_groups]

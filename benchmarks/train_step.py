@@ -133,7 +133,7 @@ def main():
             for net in (teacher, student):
                 for prm in net.parameters():
                     prm.grad = torch.zeros_like(prm)
-        parts[name] = time_it(fn, device, max(3, args.repeat // 2), 2)["median_s"]
+        parts[name] = time_it(fn, device, max(1, args.repeat // 2), min(2, args.warmup))["median_s"]
     emit({"benchmark": "train_step_breakdown", **base, "step_s": round(t["median_s"], 4),
           **{f"{k}_s": round(v, 4) for k, v in parts.items()}})
 

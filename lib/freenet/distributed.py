@@ -88,6 +88,18 @@ def _reduce_bucket(grads: list[torch.Tensor]) -> None:
         g.copy_(reduced)
 
 
+def check_in_sync(model: nn.Module, what: str) -> None:
+    """Raise if the ranks' copies of ``model`` differ (averaged gradients keep them identical)."""
+    if not is_enabled():
+        return
+    with torch.no_grad():
+        total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(total) for _ in range(world_size())]
+    dist.all_gather(gathered, total)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"the {what} weights differ across ranks: {[float(g) for g in gathered]}")
+
+
 def broadcast_model(model: nn.Module) -> None:
     """Start every rank from rank 0's weights and buffers."""
     if not is_enabled():

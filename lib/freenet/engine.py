@@ -242,6 +242,8 @@ def _next_batches(labeled: Iterator[dict], unlabeled: Iterator[dict]) -> tuple[d
 
 def _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, train, extra):
     epoch = step // loop.eval_step
+    distributed.check_in_sync(teacher.model, "teacher")
+    distributed.check_in_sync(student.model, "student")
     # Save first (SPEC §9): a crash inside evaluation loses nothing.
     _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
     metrics = {}

@@ -65,7 +65,7 @@ def train_supervised(args) -> dict:
 
     records = build_training_sets(cfg.DATASET, joint_set, cfg.SEED).labeled
     log.info("%d labeled training records", len(records))
-    evaluate = build_evaluator(cfg, joint_set, device)
+    evaluate = build_evaluator(cfg, joint_set, device) if distributed.is_main() else None  # rank 0 evaluates
 
     torch.manual_seed(cfg.SEED)
     model = build_model(cfg, joint_set)

@@ -162,7 +162,7 @@ def train_freenet(args) -> dict:
     sets = build_training_sets(cfg.DATASET, joint_set, cfg.SEED)
     for note in sets.notes:
         log.info(note)
-    evaluate = build_evaluator(cfg, joint_set, device)
+    evaluate = build_evaluator(cfg, joint_set, device) if distributed.is_main() else None  # rank 0 evaluates
 
     torch.manual_seed(cfg.SEED)
     teacher_net, student_net = build_model(cfg, joint_set), build_model(cfg, joint_set)
