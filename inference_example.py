@@ -13,12 +13,11 @@ import sys
 
 import cv2
 
-from freenet.checkpoint import CheckpointError
+from freenet.checkpoint import load_checkpoint
+from freenet.cli import USER_ERRORS
 from freenet.data.dataset import read_image
 from freenet.device import resolve_device
-from freenet.errors import DataError
-from freenet.inference import draw_pose, load_pose_model, pose_to_dict, predict
-from freenet.joints import JointSetError
+from freenet.inference import draw_pose, load_pose_model, pose_to_dict, predict, trained_input_size
 
 
 def main(argv=None) -> int:
@@ -29,7 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("--key", default="", help="checkpoint key holding the weights (default: searched)")
     p.add_argument("--box", type=float, nargs=4, metavar=("X", "Y", "W", "H"), help="animal box (default: whole image)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--size", type=int, default=256, help="input crop size")
+    p.add_argument("--size", type=int, default=None,
+                   help="input crop size (default: the training checkpoint's, else 256)")
     p.add_argument("--flip", action="store_true", help="flip test")
     p.add_argument("--threshold", type=float, default=0.4, help="draw joints scoring at least this")
     p.add_argument("--out", default="out.png", help="picture with the pose drawn")
@@ -37,14 +37,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         device = resolve_device(args.device)
-    except RuntimeError as e:  # CUDA asked for but not available
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
         model, joint_set, _ = load_pose_model(args.weights, args.joints, args.key, device)
+        size = args.size or trained_input_size(load_checkpoint(args.weights)) or 256
         image = read_image(args.image)
-        keypoints, scores = predict(model, image, args.box, args.flip, device, joint_set, args.size)
-    except (CheckpointError, DataError, JointSetError, FileNotFoundError, ValueError) as e:
+        keypoints, scores = predict(model, image, args.box, args.flip, device, joint_set, size)
+    except (*USER_ERRORS, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     picture = draw_pose(image, keypoints, scores, joint_set, args.threshold, args.box)

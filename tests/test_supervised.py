@@ -83,3 +83,14 @@ def test_wrong_teacher_file_is_a_one_line_error(synthetic_root, tmp_path, capsys
     assert code == 1
     err = capsys.readouterr().err
     assert "base-network (teacher) weights not found" in err and "train_supervised.py" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_requested_without_cuda_is_a_one_line_error(synthetic_root, tmp_path, capsys):
+    from freenet.training import run
+
+    code = run("train_split_ap10k", ["--level", "0", "--device", "cuda", "--data-root", str(synthetic_root),
+                                     "--output-dir", str(tmp_path), "--workers", "0", *TINY_MODEL])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDA is not available" in err[0]

@@ -11,14 +11,14 @@ import torch
 from freenet import distributed
 from freenet.checkpoint import CheckpointError
 from freenet.config import load_config
-from freenet.device import resolve_device
+from freenet.device import DeviceError, resolve_device
 from freenet.errors import DataError, EvaluationError
 from freenet.joints import JointSetError
 
 log = logging.getLogger("freenet")
 
 # Errors a user can fix (bad data, missing file, wrong checkpoint): one line, no traceback.
-USER_ERRORS = (DataError, CheckpointError, JointSetError, EvaluationError, FileNotFoundError)
+USER_ERRORS = (DataError, CheckpointError, JointSetError, EvaluationError, DeviceError, FileNotFoundError)
 
 
 def add_run_args(p: argparse.ArgumentParser, cfg: str, *, needs_level=False, has_split_file=False,

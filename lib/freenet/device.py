@@ -11,6 +11,10 @@ log = logging.getLogger(__name__)
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class DeviceError(RuntimeError):
+    """The requested device is not available here."""
+
+
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> this rank's CUDA device when available, else the CPU."""
     if name == "auto":
@@ -18,7 +22,7 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} requested but CUDA is not available (use --device cpu)")
+            raise DeviceError(f"device {name!r} requested but CUDA is not available (use --device cpu)")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -58,6 +58,16 @@ def load_pose_model(weights: str | os.PathLike, joints: str | os.PathLike | None
     return model.to(device, memory_format=torch.channels_last).eval(), joint_set, where
 
 
+def trained_input_size(checkpoint) -> int | None:
+    """The input crop size a training checkpoint was trained at (from its stored config), if recorded."""
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), str):
+        return None
+    from yacs.config import CfgNode
+
+    size = CfgNode.load_cfg(checkpoint["config"]).get("MODEL", {}).get("IMAGE_SIZE")
+    return int(size[0]) if size else None
+
+
 def whole_image_box(image: np.ndarray) -> np.ndarray:
     """[0, 0, W, H]: the crop is then square around the image centre, so nothing is distorted."""
     h, w = image.shape[:2]
