@@ -1,6 +1,8 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -27,3 +29,16 @@ def synthetic_root(tmp_path_factory) -> Path:
 # Trailing yacs overrides that make a run tiny: width-8 HRNet, 64-px inputs, dense evaluation.
 TINY_MODEL = ["MODEL.WIDTH", "8", "MODEL.IMAGE_SIZE", "[64,64]", "MODEL.HEATMAP_SIZE", "[16,16]",
               "FREENET.EVAL_SCHEDULE", "[]", "TEST.BATCH_SIZE_PER_GPU", "16"]
+
+
+def random_batch(n: int, seed: int, num_joints: int, with_target: bool = True, size: int = 64) -> dict:
+    """A collated training batch of random uint8 views (and GT heatmaps of random joints)."""
+    from freenet.heatmaps import encode_keypoints
+
+    g = np.random.default_rng(seed)
+    out = {view: torch.from_numpy(g.integers(0, 256, (n, 3, size, size), dtype=np.uint8)) for view in ("ori", "aug")}
+    if with_target:
+        maps, valid = zip(*(encode_keypoints(g.uniform(4, size - 4, (num_joints, 2)), g.integers(0, 2, num_joints),
+                                             (size // 4, size // 4)) for _ in range(n)))
+        out["target"], out["target_weight"] = torch.from_numpy(np.stack(maps)), torch.from_numpy(np.stack(valid))
+    return out

@@ -1,12 +1,12 @@
 """The circuit-feedback step (SPEC §6) on a width-8 HRNet with 64-px inputs."""
 import copy
 
-import numpy as np
 import pytest
 import torch
 
+from conftest import random_batch
 from freenet.freenet_step import FreeNetHyper, FreeNetStep
-from freenet.heatmaps import argmax_keypoints, encode_keypoints
+from freenet.heatmaps import argmax_keypoints
 from freenet.joints import load_joint_set
 from freenet.models import PoseHighResolutionNet
 from freenet.optim import make_optimized
@@ -16,15 +16,7 @@ CPU = torch.device("cpu")
 
 
 def batch(n, seed, with_target=True):
-    g = np.random.default_rng(seed)
-    out = {"ori": torch.from_numpy(g.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)),
-           "aug": torch.from_numpy(g.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8))}
-    if with_target:
-        maps, valid = zip(*(encode_keypoints(g.uniform(4, 60, (17, 2)), g.integers(0, 2, 17), (16, 16))
-                            for _ in range(n)))
-        out["target"] = torch.from_numpy(np.stack(maps))
-        out["target_weight"] = torch.from_numpy(np.stack(valid))
-    return out
+    return random_batch(n, seed, 17, with_target)
 
 
 def make_step(seed=0, **hyper):

@@ -2,14 +2,14 @@
 import copy
 from functools import partial
 
-import numpy as np
 import pytest
 import torch
 
+from conftest import random_batch
 import reference_step as ref
 from freenet.data.transforms import normalize_images
 from freenet.freenet_step import FreeNetHyper, FreeNetStep
-from freenet.heatmaps import argmax_keypoints, encode_keypoints, render_gaussians
+from freenet.heatmaps import argmax_keypoints, render_gaussians
 from freenet.joints import load_joint_set
 from freenet.models import PoseHighResolutionNet
 from freenet.optim import OptimizedModel
@@ -43,14 +43,7 @@ def test_selection_and_rendering_match_the_reference(seed):
 
 
 def batch(n, seed, with_target=True):
-    g = np.random.default_rng(seed)
-    out = {"ori": torch.from_numpy(g.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)),
-           "aug": torch.from_numpy(g.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8))}
-    if with_target:
-        maps, valid = zip(*(encode_keypoints(g.uniform(4, 60, (24, 2)), g.integers(0, 2, 24), (16, 16))
-                            for _ in range(n)))
-        out["target"], out["target_weight"] = torch.from_numpy(np.stack(maps)), torch.from_numpy(np.stack(valid))
-    return out
+    return random_batch(n, seed, 24, with_target)
 
 
 def test_three_steps_match_the_reference_step():

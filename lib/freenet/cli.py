@@ -4,16 +4,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from freenet import distributed
 from freenet.checkpoint import CheckpointError
-from freenet.config import load_config
-from freenet.device import DeviceError, resolve_device
+from freenet.config import configured_joint_set, load_config
+from freenet.device import DeviceError, autocast_dtype, configure_backends, resolve_device
 from freenet.errors import DataError, EvaluationError
-from freenet.joints import JointSetError
+from freenet.joints import JointSet, JointSetError
 
 log = logging.getLogger("freenet")
 
@@ -63,6 +64,22 @@ def config_from_args(args):
         cfg.DATASET.SPLIT_FILE = cfg.DATASET.SPLIT_FILE.format(level=level)
         cfg.freeze()
     return cfg
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    cfg: object                      # the frozen yacs config
+    device: torch.device
+    joint_set: JointSet
+    amp_dtype: torch.dtype | None    # autocast dtype, None = fp32
+
+
+def setup_run(args) -> RunSetup:
+    """Config from the flags, the one device decision, backend settings, joint set and precision."""
+    cfg = config_from_args(args)
+    device = setup_device(cfg)
+    configure_backends(device, cfg.CUDNN.BENCHMARK)
+    return RunSetup(cfg, device, configured_joint_set(cfg), autocast_dtype(device, args.amp, args.amp_dtype))
 
 
 def setup_device(cfg) -> torch.device:

@@ -20,12 +20,10 @@ from tqdm import tqdm
 
 from freenet import distributed
 from freenet.checkpoint import atomic_save, load_checkpoint
-from freenet.cli import add_run_args, config_from_args, run_main, setup_device
-from freenet.config import configured_joint_set
+from freenet.cli import add_run_args, run_main, setup_run
 from freenet.data.dataset import KeypointDataset, stream_loader
 from freenet.data.settings import build_training_sets
 from freenet.data.transforms import TwoViewTransform, normalize_images
-from freenet.device import autocast_dtype, configure_backends
 from freenet.engine import Interrupt, Recorder, RunDir
 from freenet.losses import weighted_heatmap_mse
 from freenet.models import load_imagenet_backbone
@@ -55,11 +53,8 @@ def multistep(iteration: int, iters_per_epoch: int, milestones, factor: float) -
 
 
 def train_supervised(args) -> dict:
-    cfg = config_from_args(args)
-    device = setup_device(cfg)
-    configure_backends(device, cfg.CUDNN.BENCHMARK)
-    joint_set = configured_joint_set(cfg)
-    amp_dtype = autocast_dtype(device, args.amp, args.amp_dtype)
+    setup = setup_run(args)
+    cfg, device, joint_set, amp_dtype = setup.cfg, setup.device, setup.joint_set, setup.amp_dtype
     epochs = args.epochs or cfg.TRAIN.END_EPOCH
     batch_size = args.batch_size or cfg.TRAIN.BATCH_SIZE_PER_GPU
 

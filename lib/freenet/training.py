@@ -16,12 +16,10 @@ import torch
 
 from freenet import distributed
 from freenet.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_model_weights
-from freenet.cli import add_run_args, config_from_args, run_main, setup_device
-from freenet.config import configured_joint_set
+from freenet.cli import add_run_args, run_main, setup_run
 from freenet.data.dataset import KeypointDataset, stream_loader
 from freenet.data.settings import build_training_sets
 from freenet.data.transforms import AugmentConfig, TwoViewTransform
-from freenet.device import autocast_dtype, configure_backends
 from freenet.engine import LoopConfig, RunDir, TrainState, restore, train_loop
 from freenet.freenet_step import FreeNetHyper, FreeNetStep
 from freenet.joints import JointSet
@@ -152,11 +150,8 @@ def run(script: str | ScriptDefaults, argv=None) -> int:
 
 
 def train_freenet(args) -> dict:
-    cfg = config_from_args(args)
-    device = setup_device(cfg)
-    configure_backends(device, cfg.CUDNN.BENCHMARK)
-    joint_set = configured_joint_set(cfg)
-    amp_dtype = autocast_dtype(device, args.amp, args.amp_dtype)
+    setup = setup_run(args)
+    cfg, device, joint_set, amp_dtype = setup.cfg, setup.device, setup.joint_set, setup.amp_dtype
     channels_last = args.channels_last
 
     sets = build_training_sets(cfg.DATASET, joint_set, cfg.SEED)
