@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
+
+from freenet.fileio import write_atomic
 
 # Where a checkpoint may keep the weights, in search order (SPEC §11.9); "" = the raw dict.
 MODEL_KEYS = ("teacher_model", "student_model", "state_dict", "model")
@@ -22,19 +22,7 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
 
     A crash or Ctrl-C mid-write leaves the previous file intact (SPEC §9).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: torch.save(obj, f), mode="wb")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

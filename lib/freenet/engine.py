@@ -25,6 +25,7 @@ from freenet import distributed
 from freenet.checkpoint import atomic_save, load_checkpoint
 from freenet.config import REPO_ROOT
 from freenet.errors import DataError, from_worker
+from freenet.fileio import write_json_atomic
 from freenet.optim import OptimizedModel
 
 log = logging.getLogger("freenet")
@@ -269,17 +270,11 @@ def _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, l
             state.best_pck, improved = s["PCK"], True
             atomic_save(student_weights, run / "best-pck.pth")
         if improved:
-            _write_json_atomic(run / "best.json", {"best_oks": state.best_oks, "best_pck": state.best_pck,
+            write_json_atomic(run / "best.json", {"best_oks": state.best_oks, "best_pck": state.best_pck,
                                                    "step": step, "epoch": epoch})
         tqdm.write(f"[step {step + 1}] student AP {s['AP']:.4f} PCK {s['PCK']:.4f} | "
                    f"teacher AP {t['AP']:.4f} PCK {t['PCK']:.4f} | best AP {state.best_oks:.4f}")
     distributed.barrier()
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data) + "\n")
-    os.replace(tmp, path)
 
 
 def _save(path: Path, state: dict) -> None:

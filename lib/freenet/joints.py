@@ -5,9 +5,11 @@ loss weights, upper/lower body ids, OKS sigmas, a drawing skeleton, the pseudo-l
 groups with their minimum keep ratios (§2.5), logging groups and, for a union, the map from
 each source set. Nothing in the code hard-codes a joint index.
 
-Source -> union maps can also be rebuilt from joint *names* through the alias table
+Source -> union maps can also be rebuilt from joint *names* through the joint dictionary
 ``resources/joints/aliases.json`` (:func:`map_by_name`), which is how datasets with other
-spellings or orders (MMPose's AnimalPose, ATRW, ...) are brought onto a union.
+spellings or orders (MMPose's AnimalPose, ATRW, ...) are brought onto a union. The dictionary
+also carries each canonical joint's part, body half, logging group, sigma, loss weight and
+skeleton links, so :mod:`freenet.unions` can build a whole union joint-set file from names.
 """
 from __future__ import annotations
 
@@ -217,33 +219,122 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[\s\-.]+", "_", name.strip()).strip("_").lower()
 
 
+HALVES = ("upper", "lower")
+LOG_GROUPS = ("head", "front", "back")
+
+
+@dataclass(frozen=True)
+class JointInfo:
+    """One entry of the joint dictionary (``resources/joints/aliases.json``): what a union built
+    from names gives this joint (SPEC §2.4, §2.5)."""
+
+    name: str
+    part: str                  # pseudo-label group: face / front / back / exclusive (§2.5)
+    half: str = "upper"        # upper / lower body (half-body crops, §4)
+    log: str | None = None     # pseudo-label logging group: head / front / back, or none
+    sigma: float = 0.072       # OKS sigma (§11.6)
+    weight: float = 1.0        # default loss weight
+    links: tuple[str, ...] = ()    # canonical joints it is drawn connected to
+    aliases: tuple[str, ...] = ()
+    note: str = ""
+
+
 @dataclass(frozen=True)
 class AliasTable:
-    """Canonical joint names, their body part tag, and every known spelling."""
+    """The joint dictionary: canonical joint names, every known spelling, and per joint its part,
+    body half, logging group, OKS sigma, loss weight and skeleton links (:class:`JointInfo`)."""
 
     canonical: Mapping[str, str]  # normalized spelling -> canonical name
     parts: Mapping[str, str]      # canonical name -> part tag
+    joints: Mapping[str, JointInfo] = field(default_factory=dict)   # canonical name -> info, dictionary order
+    part_min_ratios: Mapping[str, float] = field(default_factory=dict)  # part -> minimum keep ratio (§2.5)
+    new_joint: JointInfo = JointInfo("", "exclusive")  # defaults for joints the dictionary does not know
+    distinct: Mapping[str, str] = field(default_factory=dict)  # normalized name -> why it is not an alias
+    path: str = ""
 
     def canonical_name(self, name: str) -> str | None:
         return self.canonical.get(normalize_name(name))
 
+    def info(self, name: str) -> JointInfo | None:
+        """The dictionary entry of any spelling of a canonical joint, else None."""
+        canonical = self.canonical_name(name)
+        return None if canonical is None else self.joints.get(canonical)
+
+    def note(self, name: str) -> str:
+        """Why a name maps where it does (alias notes) or stays its own joint ('distinct' notes)."""
+        info = self.info(name)
+        return info.note if info is not None else self.distinct.get(normalize_name(name), "")
+
+
+def _joint_info(path, key, name, spec, defaults: JointInfo) -> JointInfo:
+    if not isinstance(spec, dict):
+        raise _err(path, key, "expected an object {part, half, log, sigma, weight, links, aliases, note}")
+    part = spec.get("part", defaults.part)
+    if part not in PART_NAMES:
+        raise _err(path, f"{key}.part", f"expected one of {PART_NAMES}")
+    half = spec.get("half", defaults.half)
+    if half not in HALVES:
+        raise _err(path, f"{key}.half", f"expected one of {HALVES}")
+    log = spec.get("log", defaults.log)
+    if log is not None and log not in LOG_GROUPS:
+        raise _err(path, f"{key}.log", f"expected one of {LOG_GROUPS} or null")
+    numbers = {}
+    for field_name, positive in (("sigma", True), ("weight", False)):
+        value = spec.get(field_name, getattr(defaults, field_name))
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (positive and value == 0):
+            raise _err(path, f"{key}.{field_name}", "expected a " + ("positive" if positive else "non-negative")
+                       + " number")
+        numbers[field_name] = float(value)
+    lists = {}
+    for field_name in ("links", "aliases"):
+        value = spec.get(field_name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _err(path, f"{key}.{field_name}", "expected a list of names")
+        lists[field_name] = tuple(value)
+    return JointInfo(name, part, half, log, numbers["sigma"], numbers["weight"], lists["links"], lists["aliases"],
+                     str(spec.get("note", "")))
+
 
 def parse_alias_table(data: dict, path: str = "<dict>") -> AliasTable:
-    canonical: dict[str, str] = {}
-    parts: dict[str, str] = {}
+    """Validate the joint dictionary (layout of ``resources/joints/aliases.json``).
+
+    Only ``part`` is required per joint; other fields default to the ``new_joint`` entry.
+    Every spelling must name one canonical joint, ``links`` must name canonical joints, and no
+    name may be both an alias and listed under ``distinct``.
+    """
     entries = data.get("joints")
     if not isinstance(entries, dict):
-        raise _err(path, "joints", "expected an object {canonical name: {part, aliases}}")
+        raise _err(path, "joints", "expected an object {canonical name: {part, aliases, ...}}")
+    ratios = data.get("part_min_ratios", {"face": 0.5, "front": 0.6, "back": 0.65, "exclusive": 0.65})
+    if not (isinstance(ratios, dict) and set(ratios) == set(PART_NAMES)
+            and all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in ratios.values())):
+        raise _err(path, "part_min_ratios", f"expected a ratio in [0, 1] for each of {PART_NAMES}")
+    new_joint = _joint_info(path, "new_joint", "", data.get("new_joint", {}), JointInfo("", "exclusive"))
+    canonical: dict[str, str] = {}
+    joints: dict[str, JointInfo] = {}
     for name, spec in entries.items():
-        if spec.get("part") not in PART_NAMES:
-            raise _err(path, f"joints.{name}.part", f"expected one of {PART_NAMES}")
-        parts[name] = spec["part"]
-        for spelling in [name, *spec.get("aliases", [])]:
+        info = _joint_info(path, f"joints.{name}", name, spec, new_joint)
+        joints[name] = info
+        for spelling in [name, *info.aliases]:
             key = normalize_name(spelling)
             if canonical.get(key, name) != name:
                 raise _err(path, f"joints.{name}.aliases", f"'{spelling}' is already an alias of '{canonical[key]}'")
             canonical[key] = name
-    return AliasTable(canonical, parts)
+    for name, info in joints.items():
+        unknown = [link for link in info.links if link not in joints]
+        if unknown:
+            raise _err(path, f"joints.{name}.links", f"not canonical joints: {unknown}")
+    distinct: dict[str, str] = {}
+    for i, group in enumerate(data.get("distinct", [])):
+        if not isinstance(group, dict) or not isinstance(group.get("names"), list):
+            raise _err(path, f"distinct[{i}]", "expected {'names': [...], 'note': ...}")
+        for spelling in group["names"]:
+            key = normalize_name(spelling)
+            if key in canonical:
+                raise _err(path, f"distinct[{i}]", f"'{spelling}' is also an alias of '{canonical[key]}'")
+            distinct[key] = str(group.get("note", ""))
+    return AliasTable(canonical, {n: j.part for n, j in joints.items()}, joints,
+                      {k: float(v) for k, v in ratios.items()}, new_joint, distinct, str(path))
 
 
 @lru_cache(maxsize=None)

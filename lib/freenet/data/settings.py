@@ -7,7 +7,9 @@
 | ratio              | seeded sample of the pooled sources (§3.5)            | pool minus labeled  |
 | all                | every train record (supervised training)              | every train record  |
 
-Sources are converted to the configured joint set (a union) by their maps (§2.4).
+Sources are converted to the configured joint set (a union) by their maps (§2.4). With
+DATASET.TRAIN_FILE set, the train records come from that one file instead, already in the joint
+set's order (a union built by ``tools/build_union.py``), pooled per ``from`` source.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from freenet.data.coco import DataLayout, to_union
+from freenet.data.coco import DataLayout, load_coco_records, to_union
 from freenet.data.records import Record
 from freenet.data.splits import apply_split, filter_by_image_ids, load_id_list, load_split_file, sample_by_ratio
 from freenet.errors import DataError
@@ -65,15 +67,38 @@ def load_sources(layout: DataLayout, sources, split: str, joint_set: JointSet, c
     return pools
 
 
+def load_train_file(ann_file: str | os.PathLike, image_dir: str | os.PathLike | None, joint_set: JointSet,
+                    check_images: bool = True) -> tuple[list[str], list[list[Record]]]:
+    """DATASET.TRAIN_FILE: ``(source names, one record list per source)``.
+
+    The file is already in ``joint_set``'s order. Records are pooled per ``from`` source in order
+    of first appearance (images by ascending id, §3.2), so ratio sampling pools by source as §3.5
+    does; annotations without ``from`` form one pool named after the file. Image file names are
+    relative to ``image_dir`` (default: the file's folder).
+    """
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise DataError(ann_file, "training annotation file (DATASET.TRAIN_FILE) not found")
+    records = load_coco_records(ann_file, image_dir or ann_file.parent, joint_set, source=ann_file.stem,
+                                check_images=check_images)
+    pools: dict[str, list[Record]] = {}
+    for record in records:
+        pools.setdefault(record.source, []).append(record)
+    return list(pools), list(pools.values())
+
+
 def build_training_sets(dataset_cfg, joint_set: JointSet, seed: int, check_images: bool = True) -> TrainingSets:
     """The two record lists of the configured setting (``dataset_cfg`` = ``cfg.DATASET``)."""
     mode = dataset_cfg.LABELED
     if mode not in LABELED_MODES:
         raise ValueError(f"DATASET.LABELED must be one of {LABELED_MODES}, got {mode!r}")
-    layout = DataLayout(dataset_cfg.ROOT)
-    pools = load_sources(layout, dataset_cfg.SOURCES, dataset_cfg.TRAIN_SET, joint_set, check_images)
+    if dataset_cfg.TRAIN_FILE:
+        sources, pools = load_train_file(dataset_cfg.TRAIN_FILE, dataset_cfg.TRAIN_IMAGE_DIR, joint_set, check_images)
+    else:
+        sources = list(dataset_cfg.SOURCES)
+        pools = load_sources(DataLayout(dataset_cfg.ROOT), sources, dataset_cfg.TRAIN_SET, joint_set, check_images)
     everything = [r for pool in pools for r in pool]
-    notes = ["train records per source: " + ", ".join(f"{s} {len(p)}" for s, p in zip(dataset_cfg.SOURCES, pools))]
+    notes = ["train records per source: " + ", ".join(f"{s} {len(p)}" for s, p in zip(sources, pools))]
 
     if mode == "ratio":
         labeled, unlabeled = sample_by_ratio(pools, dataset_cfg.SAMPLE_RATIO, seed)

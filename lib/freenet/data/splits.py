@@ -3,20 +3,25 @@
 A *split file* (§3.3) is a JSON list of ``{"image_id", "vis": [J ints 0/1], "box": [x, y, w, h]}``.
 Applying it hides joints of matched instances (their visibility is replaced, coordinates stay).
 The FreeNet authors ship such files for AP-10K; :func:`generate_missing_joint_split` makes new
-ones for any dataset and seed, with the authors' settings available as :data:`SPLIT_PRESETS`.
+ones for any dataset and seed, with the authors' settings available as :data:`SPLIT_PRESETS`
+(families and shared joints may be written as joint names, :func:`parse_family`).
+
+A *label list* is a JSON list of image ids (``label_list/annotation_list_{N}.json``: N images per
+species); :func:`sample_per_category` draws new ones, nested across N.
 
 :func:`sample_by_ratio` is the per-annotation random labeled subset of the mixed-dataset scripts
-(§3.4, §3.5); with the default seed it reproduces the authors' shipped id lists exactly.
+(§3.4, §3.5); with the default seed it reproduces the authors' shipped id lists exactly, and
+:func:`ratio_id_files` puts a drawn subset in their ``random_{ratio}_img_{ids,ann_ids}.json`` form.
+
+``tools/make_splits.py`` is the command line over these functions.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -24,6 +29,8 @@ import numpy as np
 from freenet.data.coco import load_json
 from freenet.data.records import Record
 from freenet.errors import DataError
+from freenet.fileio import write_json_atomic
+from freenet.joints import normalize_name
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +97,8 @@ def _json_number(v: float) -> int | float:
 
 def write_split_file(path: str | os.PathLike, entries: Sequence[Mapping]) -> None:
     """Write entries in the split-file format (§3.3), atomically (temp file + rename)."""
-    path = Path(path)
-    rows = [{"image_id": int(e["image_id"]), "vis": [int(v) for v in e["vis"]],
-             "box": [_json_number(v) for v in e["box"]]} for e in entries]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(rows, f)
-    os.replace(tmp, path)
+    write_json_atomic(path, [{"image_id": int(e["image_id"]), "vis": [int(v) for v in e["vis"]],
+                              "box": [_json_number(v) for v in e["box"]]} for e in entries])
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,111 @@ def filter_by_image_ids(records: Sequence[Record], ids: Iterable[int]) -> list[R
     return kept
 
 
+def write_id_list(path: str | os.PathLike, ids: Iterable[int]) -> None:
+    """A JSON list of integer ids (the label-list format), written atomically."""
+    write_json_atomic(path, [int(i) for i in ids])
+
+
+# ----------------------------------------------------------------------------------------------
+# N images per category (the label lists ``annotation_list_{N}.json``, §3.3)
+# ----------------------------------------------------------------------------------------------
+
+def image_categories(records: Sequence[Record]) -> dict[int, int]:
+    """Category of each image: that of its first record (an image with several species counts once).
+
+    Records come in loading order (§3.2: images by ascending id, annotations in file order), so
+    "first" is the image's first kept annotation in the file.
+    """
+    categories: dict[int, int] = {}
+    for r in records:
+        categories.setdefault(int(r.image_id), int(r.category_id))
+    return categories
+
+
+def sample_per_category(records: Sequence[Record], sizes: Sequence[int], seed: int = 2,
+                        nested: bool = True) -> dict[int, list[int]]:
+    """Image-id lists with ``n`` images per category for each ``n`` in ``sizes`` (SPEC §3.3).
+
+    The category of an image is :func:`image_categories`'. A category with fewer than ``n``
+    images contributes all of them. Lists are grouped by category (ascending id), each category's
+    images in drawn order, like the authors' ``label_list/annotation_list_{N}.json``.
+
+    ``nested=True`` draws one permutation per category (NumPy generator seeded with ``seed``) and
+    takes its first ``n`` images, so every smaller list is a subset of every larger one: growing
+    the labeled set keeps the images already labeled. ``nested=False`` draws each size on its own
+    (generator seeded with ``[seed, n]``), as the authors' lists were (theirs overlap only partly).
+
+    Returns ``{n: [image ids]}`` in the order of ``sizes``.
+    """
+    if any(int(n) < 1 for n in sizes):
+        raise ValueError(f"images per category must be >= 1, got {list(sizes)}")
+    per_category: dict[int, list[int]] = {}
+    for image_id, category in image_categories(records).items():
+        per_category.setdefault(category, []).append(image_id)
+    categories = sorted(per_category)
+
+    def draw(rng: np.random.Generator) -> dict[int, list[int]]:
+        return {c: [per_category[c][j] for j in rng.permutation(len(per_category[c]))] for c in categories}
+
+    lists: dict[int, list[int]] = {}
+    shuffled = draw(np.random.default_rng(seed)) if nested else None
+    for n in sizes:
+        n = int(n)
+        order = shuffled if nested else draw(np.random.default_rng([seed, n]))
+        lists[n] = [i for c in categories for i in order[c][:n]]
+    return lists
+
+
+# ----------------------------------------------------------------------------------------------
+# Joint lists written by people (command lines): indices, ranges or names
+# ----------------------------------------------------------------------------------------------
+
+def parse_joint_list(text: str, joint_names: Sequence[str] | None = None,
+                     num_joints: int | None = None) -> list[int]:
+    """``"5,6,7"``, ``"5-10"`` or ``"L_F_hip,L_F_knee"`` -> joint indices, in the order given.
+
+    Names are those of the joint set (``joint_names``), compared case-insensitively with spaces,
+    '-' and '.' read as '_'. Indices are checked against ``num_joints`` (default: the number of
+    names). Repeats are dropped. Raises ``ValueError`` naming the item that does not resolve.
+    """
+    num_joints = len(joint_names) if num_joints is None and joint_names is not None else num_joints
+    by_name = {normalize_name(n): j for j, n in enumerate(joint_names or ())}
+    out: list[int] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        if item.isdigit():
+            indices = [int(item)]
+        elif "-" in item and all(p.strip().isdigit() for p in item.split("-", 1)):
+            lo, hi = (int(p) for p in item.split("-", 1))
+            if hi < lo:
+                raise ValueError(f"joint range '{item}' runs backwards")
+            indices = list(range(lo, hi + 1))
+        elif normalize_name(item) in by_name:
+            indices = [by_name[normalize_name(item)]]
+        else:
+            known = ", ".join(joint_names) if joint_names else "none (no joint set given: use indices)"
+            raise ValueError(f"unknown joint '{item}'; joint names: {known}")
+        for j in indices:
+            if num_joints is not None and not 0 <= j < num_joints:
+                raise ValueError(f"joint index {j} (from '{item}') is outside [0, {num_joints})")
+            if j not in out:
+                out.append(j)
+    return out
+
+
+def parse_family(text: str, joint_names: Sequence[str] | None = None,
+                 num_joints: int | None = None) -> tuple[str, list[int]]:
+    """``"front=L_F_hip,L_F_knee"`` or ``"front=5-10"`` -> ``("front", [5, ...])``."""
+    name, sep, joints = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"a family is NAME=JOINTS (e.g. front=5,6,7), got '{text}'")
+    indices = parse_joint_list(joints, joint_names, num_joints)
+    if not indices:
+        raise ValueError(f"family '{name.strip()}' lists no joints")
+    return name.strip(), indices
+
+
 # ----------------------------------------------------------------------------------------------
 # Random-ratio sampling (§3.5)
 # ----------------------------------------------------------------------------------------------
@@ -251,18 +357,19 @@ def sample_by_ratio(pools: Sequence[Sequence[Record]], ratio: float,
 # ----------------------------------------------------------------------------------------------
 
 def generate_missing_joint_split(records: Sequence[Record], families: Mapping[str, Sequence[int]],
-                                 shared: Sequence[int], seed: int) -> list[dict]:
+                                 shared: Sequence[int], seed: int, *, return_families: bool = False):
     """A synthetic split: every record keeps one family's joints plus the shared ones (§3.3).
 
     Each record draws one family uniformly at random (NumPy generator seeded with ``seed``); its
     split visibility is ``annotated AND (joint in family OR joint shared)`` as 0/1. Entries use
     the split-file format with the record's box, ready for :func:`write_split_file` and
-    :func:`apply_split`.
+    :func:`apply_split`. With ``return_families`` the family name drawn for each entry comes
+    back too, as ``(entries, names)``.
     """
     if not families:
         raise ValueError("at least one joint family is needed")
     if not records:
-        return []
+        return ([], []) if return_families else []
     num_joints = records[0].num_joints
     keep = np.zeros((len(families), num_joints), dtype=bool)  # (F, J) joints each family keeps
     for f, (name, joints) in enumerate(families.items()):
@@ -277,5 +384,74 @@ def generate_missing_joint_split(records: Sequence[Record], families: Mapping[st
     annotated = np.stack([r.visibility for r in records]) > 0                # (N, J)
     family = np.random.default_rng(seed).integers(len(families), size=len(records))  # (N,)
     vis = (annotated & keep[family]).astype(np.int64)                        # (N, J)
-    return [{"image_id": int(r.image_id), "vis": v, "box": [float(b) for b in r.box]}
-            for r, v in zip(records, vis.tolist())]
+    entries = [{"image_id": int(r.image_id), "vis": v, "box": [float(b) for b in r.box]}
+               for r, v in zip(records, vis.tolist())]
+    if return_families:
+        names = list(families)
+        return entries, [names[f] for f in family.tolist()]
+    return entries
+
+
+# ----------------------------------------------------------------------------------------------
+# The authors' random-subset id files (``random_{ratio}_img_ids.json``, ``..._img_ann_ids.json``)
+# ----------------------------------------------------------------------------------------------
+
+def collision_offsets(pools: Sequence[Sequence[Record]]) -> list[tuple[int, int]] | None:
+    """Id offsets that make pooled files' image and annotation ids unique, or None if they already are.
+
+    Pool ``k`` is shifted past the largest (shifted) image and annotation id of pools ``0..k-1``,
+    the scheme of the authors' union files (AnimalPose after AP-10K, TigDog after both, §3.5).
+    Returns one ``(image offset, annotation offset)`` per pool, the first ``(0, 0)``.
+    """
+    image_sets = [{int(r.image_id) for r in pool} for pool in pools]
+    ann_sets = [{int(r.ann_id) for r in pool} for pool in pools]
+
+    def disjoint(sets):
+        return sum(len(s) for s in sets) == len(set().union(*sets)) if sets else True
+
+    if disjoint(image_sets) and disjoint(ann_sets):
+        return None
+    offsets, top_image, top_ann = [], 0, 0
+    for images, anns in zip(image_sets, ann_sets):
+        offsets.append((top_image, top_ann))
+        top_image = max([top_image] + [i + top_image for i in images])
+        top_ann = max([top_ann] + [a + top_ann for a in anns])
+    return offsets
+
+
+def offset_records(records: Sequence[Record], image_offset: int, ann_offset: int) -> list[Record]:
+    """Copies of ``records`` with image and annotation ids shifted (arrays shared, ids only)."""
+    if not image_offset and not ann_offset:
+        return list(records)
+    return [dataclasses.replace(r, image_id=int(r.image_id) + image_offset, ann_id=int(r.ann_id) + ann_offset)
+            for r in records]
+
+
+def ratio_id_files(labeled: Sequence[Record]) -> tuple[list[int], dict[str, list[int]]]:
+    """The authors' two id files for a labeled subset (SPEC §3.5).
+
+    ``img_ids``: image ids in order of first appearance; ``img_ann_ids``: ``{str(image id):
+    [annotation ids]}``, each image's ids in record order. :func:`sample_by_ratio` keeps pool order
+    (images ascending within a file, later files offset past earlier ones), so both come out in
+    ascending image order as in ``random_0.1_img_ann_ids.json``, whose per-image annotation ids
+    follow the file's annotation order (not always ascending).
+    """
+    img_ann_ids: dict[str, list[int]] = {}
+    for r in labeled:
+        img_ann_ids.setdefault(str(int(r.image_id)), []).append(int(r.ann_id))
+    return [int(k) for k in img_ann_ids], img_ann_ids
+
+
+def load_img_ann_ids(path: str | os.PathLike) -> dict[int, list[int]]:
+    """Read an ``*_img_ann_ids.json`` file: ``{"image id": [annotation ids]}`` -> ``{int: [int]}``."""
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise DataError(path, f"expected a JSON object {{image id: [annotation ids]}}, got {type(data).__name__}")
+    out: dict[int, list[int]] = {}
+    for key, anns in data.items():
+        if not key.lstrip("-").isdigit():
+            raise DataError(path, f"key {key!r:.40} is not an image id")
+        if not (isinstance(anns, list) and all(_is_int(a) for a in anns)):
+            raise DataError(path, f"image {key}: expected a list of integer annotation ids", int(key))
+        out[int(key)] = list(anns)
+    return out

@@ -32,7 +32,6 @@ own body (far legs, far shoulder) stay annotated, as annotators of real data do 
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -48,6 +47,7 @@ from freenet.data.coco import DATASETS, DataLayout, load_coco_records, to_union
 from freenet.data.records import Record
 from freenet.data.splits import (SPLIT_PRESETS, filter_by_image_ids, generate_missing_joint_split,
                                  write_split_file)
+from freenet.fileio import write_json_atomic
 from freenet.joints import JointSet, load_joint_set
 
 logger = logging.getLogger(__name__)
@@ -743,16 +743,6 @@ def _annotation(ann_id: int, image_id: int, inst: Instance, joint_set: str, sour
     if source is not None:
         ann["from"] = FROM_NAME.get(source, source)
     return ann
-
-
-def write_json_atomic(path: str | os.PathLike, data) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
 
 
 def _coco(description: str, seed: int, images: list, annotations: list, categories: list) -> dict:

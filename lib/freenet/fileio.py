@@ -1,0 +1,33 @@
+"""Atomic file writes: a temporary file in the same folder, then a rename (readers never see half a file)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, IO
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w") -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text))
+
+
+def write_json_atomic(path: str | os.PathLike, data, indent: int | None = None) -> None:
+    write_atomic(path, lambda f: json.dump(data, f, indent=indent))
