@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--independent", action="store_true",
                    help="draw each N on its own (the authors' lists) instead of nested lists")
 
-    r = sub.add_parser("ratio", help="random fraction of the pooled annotations (SPEC §3.5)")
+    r = sub.add_parser("ratio", help="random fraction of the pooled annotations, drawn like the mixed training scripts")
     r.add_argument("--ann", nargs="+", required=True, help="COCO keypoint files, pooled in this order")
     r.add_argument("--ratio", type=float, required=True, help="labeled fraction, e.g. 0.1")
     r.add_argument("--out-prefix", required=True, help="writes PREFIX_img_ids.json and PREFIX_img_ann_ids.json")

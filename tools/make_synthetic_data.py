@@ -17,7 +17,7 @@ from freenet.data.synthetic import SIZE_PRESETS, generate
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="data root to write (SPEC §3.1 layout)")
+    p.add_argument("--out", required=True, help="data root to write (the layout of README, Data)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", choices=sorted(SIZE_PRESETS), default="default", help="image counts per split")
     p.add_argument("--images-per-dataset", type=int, default=None,

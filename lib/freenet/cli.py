@@ -28,7 +28,7 @@ def add_run_args(p: argparse.ArgumentParser, cfg: str, *, needs_level=False, has
     a = p.add_argument
     a("--cfg", default=cfg, help="experiment yaml (data, joint set, model, evaluation)")
     a("--name", default="ours", help="run name: the run directory is <output-dir>/<name>_<date_time>")
-    a("--data-root", default=None, help="data root (SPEC §3.1 layout); default: DATASET.ROOT of the yaml")
+    a("--data-root", default=None, help="data root (layout: README, Data); default: DATASET.ROOT of the yaml")
     a("--output-dir", default="./experiment")
     a("--resume", default=None, help="checkpoint.pth of a run to continue")
     a("--workers", type=int, default=8, help="data-loader processes (0 = load in the main process)")

@@ -77,7 +77,7 @@ PLANS = {
                             "animalpose_val": 8, "tigdog_train": 40, "tigdog_val": 8, "union24_val": 24},
                       image_size=96, input_size=64, width=8, sample_ratio=0.2, base_epochs=12, base_batch=8,
                       steps=12, batch=4, mu=2, eval_step=6, warmup=2, down_step=10, feedback_start=6,
-                      feedback_complete=12, workers=0, pictures=3),
+                      feedback_complete=12, workers=2, pictures=3),
 }
 
 

@@ -103,9 +103,9 @@ def stream_loader(dataset: KeypointDataset, batch_size: int, start_batch: int = 
 
 def _init_worker(worker_id: int) -> None:
     # Ctrl-C is the main process's to handle (it saves a checkpoint, then stops the workers).
+    # (OpenCV's thread pool is left alone: resizing it in a forked worker deadlocks when the parent
+    # had used it, e.g. after writing the synthetic data in the same process.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # One worker = one core: OpenCV's own thread pool would oversubscribe the machine.
-    cv2.setNumThreads(1)
 
 
 def collate(samples: list[dict]) -> dict:
