@@ -209,10 +209,11 @@ def draw_predictions(evaluator: Evaluator, nets: dict, joint_set, plan: DemoPlan
         for key, label in (("base", "base network"), ("freenet_student", "FreeNet student")):
             kps, scores = predict(nets[key], image, box, flip=True, device=device, joint_set=joint_set,
                                   input_size=plan.input_size)
-            panel = draw_pose(image, kps, scores, joint_set, threshold=0.2)
-            panel = cv2.resize(panel, (256, 256 * panel.shape[0] // panel.shape[1]), interpolation=cv2.INTER_CUBIC)
-            cv2.putText(panel, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 2, cv2.LINE_AA)
-            cv2.putText(panel, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+            big = cv2.resize(image, (320, 320 * image.shape[0] // image.shape[1]), interpolation=cv2.INTER_CUBIC)
+            scale = big.shape[1] / image.shape[1]
+            panel = draw_pose(big, kps * scale, scores, joint_set, threshold=0.2)
+            cv2.rectangle(panel, (0, 0), (panel.shape[1], 22), (0, 0, 0), -1)
+            cv2.putText(panel, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
             panels.append(panel)
         name = f"prediction_{i}.png"
         save_rgb(report_dir / name, np.hstack(panels))
