@@ -598,7 +598,7 @@ class Evaluator:
         model.eval()
         try:
             with torch.no_grad():
-                for start, crops in self._crop_batches(progress, pin_memory=device.type == "cuda"):
+                for start, crops in self._crop_batches(progress, device):
                     x = normalize_images(crops.to(device, non_blocking=True))
                     x = x.contiguous(memory_format=torch.channels_last)  # NHWC convolutions are faster
                     with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
@@ -635,7 +635,7 @@ class Evaluator:
                                   (size, size))
         return coords, maxvals, argmax
 
-    def _crop_batches(self, progress: bool, pin_memory: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+    def _crop_batches(self, progress: bool, device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
         """(first record index, uint8 crops (B, 3, S, S)) in record order; from the cache once filled."""
         n, bs = len(self.records), self.settings.batch_size
         bar = tqdm(total=n, desc="eval", unit="img", leave=False, disable=not progress, dynamic_ncols=True)
@@ -648,7 +648,7 @@ class Evaluator:
             size = self.settings.input_size
             cache = torch.empty((n, 3, size, size), dtype=torch.uint8) if self._cache else None
             loader = DataLoader(_Crops(self.records, size), batch_size=bs, shuffle=False,
-                                num_workers=self.settings.workers, pin_memory=pin_memory)
+                                num_workers=self.settings.workers, pin_memory=device.type == "cuda")
             start = 0
             try:
                 for crops in loader:
@@ -663,7 +663,8 @@ class Evaluator:
                     raise
                 raise clean from None
             if cache is not None:
-                self._crops = cache
+                # On a GPU the cache lives there: later evaluations copy nothing to the device.
+                self._crops = cache.to(device) if device.type == "cuda" else cache
         finally:
             bar.close()
 

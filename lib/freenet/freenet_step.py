@@ -53,8 +53,10 @@ class FreeNetStep:
 
     def views(self, labeled: dict, unlabeled: dict | None, view: str) -> torch.Tensor:
         """[labeled; unlabeled] images of one view (§6.1), normalised on the device."""
-        x = labeled[view] if unlabeled is None else torch.cat([labeled[view], unlabeled[view]])
-        x = x.to(self.device, non_blocking=True)
+        # Copy each (pinned) batch to the device first: a CPU-side cat would make an unpinned tensor,
+        # whose host-to-device copy blocks.
+        parts = [labeled[view]] if unlabeled is None else [labeled[view], unlabeled[view]]
+        x = torch.cat([p.to(self.device, non_blocking=True) for p in parts])
         return normalize_images(x).contiguous(memory_format=self.memory_format)
 
     def pseudo_labels(self, t_u: torch.Tensor, step: int):
