@@ -207,13 +207,12 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
                 state.step = step
                 bar.update(1)
                 if (step + 1) % loop.log_every == 0 or step == start:
-                    # One device sync per log_every steps for the progress display.
-                    means = {k: float(v) / window_steps for k, v in window.items()}
+                    means = _window_means(window, window_steps)  # the one device sync per log_every steps
                     dt = (time.perf_counter() - tic) / max(1, step + 1 - start)
                     bar.set_postfix_str(f"S_LR {student.lr:.2e} T_LR {teacher.lr:.2e} {dt:.2f}s/it "
                                         f"S_Loss {means['s_loss']:.5f} T_Loss {means['t_loss']:.5f}")
                 if loop.is_eval_step(step):
-                    train = {k: float(v) / window_steps for k, v in window.items()}
+                    train = _window_means(window, window_steps)
                     _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, train, extra)
                     window, window_steps = {}, 0
                 if interrupt.requested:
@@ -228,6 +227,12 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
         bar.close()
         recorder.close()
     return state
+
+
+def _window_means(window: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
+    """Mean of each accumulated value, read back with a single device-to-host copy."""
+    values = torch.stack([v.float() for v in window.values()]).div(steps).tolist()
+    return dict(zip(window, values))
 
 
 def _next_batches(labeled: Iterator[dict], unlabeled: Iterator[dict]) -> tuple[dict, dict]:
