@@ -176,13 +176,13 @@ def train_freenet(args) -> dict:
         else:
             log.warning("no --pretrained-weights-name: the base network starts from random weights")
         load_student_init(student_net, weights_dir / args.student_weights)
+    if args.sync_bn and distributed.is_enabled():
+        teacher_net, student_net = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(n) for n in (teacher_net, student_net))
     for net in (teacher_net, student_net):
         net.to(device)
         if channels_last:
             net.to(memory_format=torch.channels_last)
         distributed.broadcast_model(net)
-        if args.sync_bn and distributed.is_enabled():
-            torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
 
     fp16 = amp_dtype == torch.float16
     teacher = make_optimized(teacher_net, args.teacher_lr, args.weight_decay, args.warmup_steps, args.total_steps, 0,
