@@ -129,6 +129,17 @@ def test_corrupted_image_stops_the_run_naming_the_file(synthetic_root, tmp_path,
     assert torch.load(ckpt_path, weights_only=False)["step"] == 1
 
 
+@pytest.mark.parametrize("override, named", [(["MODEL.EXTRA.WIDTH", "8"], "MODEL.EXTRA.WIDTH"),
+                                              (["MODEL.WIDTH", "eight"], "MODEL.WIDTH"),
+                                              (["MODEL.HEATMAP_SIZE", "[32,32]"], "MODEL.HEATMAP_SIZE")])
+def test_a_bad_override_is_one_line_naming_the_key(synthetic_root, tmp_path, override, named):
+    proc = run_script("train_split_ap10k.py", ["--level", "0", *tiny_args(synthetic_root, tmp_path), *override])
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and named in last, last
+
+
 def test_sigint_saves_and_the_run_resumes(synthetic_root, tmp_path):
     args = ["--level", "0", *tiny_args(synthetic_root, tmp_path, steps=100000, eval_step=100000, workers=1)]
     proc = subprocess.Popen([sys.executable, str(REPO / "train_split_ap10k.py"), *args], cwd=REPO,

@@ -11,7 +11,7 @@ import torch
 
 from freenet import distributed
 from freenet.checkpoint import CheckpointError
-from freenet.config import configured_joint_set, load_config
+from freenet.config import ConfigError, configured_joint_set, load_config
 from freenet.device import DeviceError, autocast_dtype, configure_backends, resolve_device
 from freenet.errors import DataError, EvaluationError
 from freenet.joints import JointSet, JointSetError
@@ -19,7 +19,8 @@ from freenet.joints import JointSet, JointSetError
 log = logging.getLogger("freenet")
 
 # Errors a user can fix (bad data, missing file, wrong checkpoint): one line, no traceback.
-USER_ERRORS = (DataError, CheckpointError, JointSetError, EvaluationError, DeviceError, FileNotFoundError)
+USER_ERRORS = (DataError, CheckpointError, ConfigError, JointSetError, EvaluationError, DeviceError,
+               FileNotFoundError)
 
 
 def add_run_args(p: argparse.ArgumentParser, cfg: str, *, needs_level=False, has_split_file=False,

@@ -95,6 +95,10 @@ def default_config() -> CN:
     return _C.clone()
 
 
+class ConfigError(ValueError):
+    """A yaml or ``KEY VALUE`` override that does not fit the configuration (unknown key, wrong type)."""
+
+
 def resolve_path(path: str) -> str:
     """Relative yaml paths are tried as given, then against the repository root."""
     if not path or os.path.exists(path):
@@ -113,21 +117,28 @@ def configured_joint_set(cfg):
                             f"'{joint_set.name}' ({joint_set.path}) has {joint_set.num_joints} joints")
     size, heat = list(cfg.MODEL.IMAGE_SIZE), list(cfg.MODEL.HEATMAP_SIZE)
     if size[0] != size[1] or size[0] != 4 * heat[0] or heat[0] != heat[1]:
-        raise ValueError(f"MODEL.IMAGE_SIZE {size} must be square and 4x MODEL.HEATMAP_SIZE {heat}")
+        raise ConfigError(f"MODEL.IMAGE_SIZE {size} must be square and 4x MODEL.HEATMAP_SIZE {heat}")
     return joint_set
 
 
 def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
-    """Defaults <- yaml <- ``KEY VALUE`` overrides, then frozen."""
+    """Defaults <- yaml <- ``KEY VALUE`` overrides, then frozen. An unknown key or a value of the
+    wrong type raises :class:`ConfigError` naming the yaml or the override."""
     cfg = default_config()
     if cfg_file:
         path = resolve_path(cfg_file)
         if not os.path.exists(path):
             raise FileNotFoundError(f"config file {cfg_file} not found (also looked under {REPO_ROOT})")
-        cfg.merge_from_file(path)
+        try:
+            cfg.merge_from_file(path)
+        except (AssertionError, KeyError, ValueError) as e:  # how yacs reports unknown keys / wrong types
+            raise ConfigError(f"{path}: {e}") from e
     if opts:
         if len(opts) % 2:
-            raise ValueError(f"overrides must be KEY VALUE pairs, got {list(opts)}")
-        cfg.merge_from_list(list(opts))
+            raise ConfigError(f"overrides must be KEY VALUE pairs, got {list(opts)}")
+        try:
+            cfg.merge_from_list(list(opts))
+        except (AssertionError, KeyError, ValueError) as e:
+            raise ConfigError(f"command-line override: {e}") from e
     cfg.freeze()
     return cfg
