@@ -54,7 +54,25 @@ def main():
     for name, fn in (("selection", selection), ("selection+decode", with_decoding)):
         t = time_it(fn, device, args.repeat, args.warmup)
         emit({"benchmark": name, "device": describe(device), "batch": args.batch, "joints": js.num_joints,
-              "heatmap": args.heatmap, "ms": round(1000 * t["median_s"], 3), "ms_mean": round(1000 * t["mean_s"], 3)})
+              "heatmap": args.heatmap, "ms": round(1000 * t["median_s"], 3), "ms_mean": round(1000 * t["mean_s"], 3),
+              "tensor_ops": count_ops(fn)})
+
+
+def count_ops(fn) -> int:
+    """Tensor operations one call dispatches: on a GPU, about one kernel launch each, and the
+    floor of the call's time when launches (~5-30 us each) outweigh the work."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
 
 
 if __name__ == "__main__":

@@ -50,11 +50,9 @@ def render_gaussians(coords: torch.Tensor, mask: torch.Tensor, heatmap_size: tup
     x = coords[..., 0].float()  # (B, J)
     y = coords[..., 1].float()
     r = 3 * sigma
-    ul_x = torch.trunc((x - r).clamp(min=0))
-    ul_y = torch.trunc((y - r).clamp(min=0))
-    br_x = torch.trunc((x + r).clamp(max=width - 1))
-    br_y = torch.trunc((y + r).clamp(max=height - 1))
-    keep = (mask != 0) & (ul_x <= width - 1) & (ul_y <= height - 1) & (br_x >= 0) & (br_y >= 0)
+    # The window [trunc(max(c−r, 0)), trunc(min(c+r, size−1))] meets the map unless its upper
+    # bound truncates below 0 (c + r <= −1) or its lower bound above size−1 (c − r >= size).
+    keep = (mask != 0) & (x > -1 - r) & (x < width + r) & (y > -1 - r) & (y < height + r)
 
     xs = torch.arange(width, device=coords.device, dtype=torch.float32)
     ys = torch.arange(height, device=coords.device, dtype=torch.float32)
