@@ -73,6 +73,8 @@ def main():
     p.add_argument("--loader", action="store_true", help="also time the real loaders (needs --data-root)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--profile", action="store_true",
+                   help="CUDA: GPU busy time and kernel launches per step, and the ops that take the GPU's time")
     args = p.parse_args()
     device = pick_device(args.device)
     configure_backends(device)
@@ -139,6 +141,34 @@ def main():
 
     if args.loader:
         emit({"benchmark": "train_step_loader", **base, **loader_wait(args, js, step, device)})
+    if args.profile and device.type == "cuda":
+        emit({"benchmark": "train_step_profile", **base, **profile(lambda: step(next(counter), labeled, unlabeled),
+                                                                     device)})
+
+
+def profile(run_step, device, steps: int = 5) -> dict:
+    """Where a step's time goes: if the GPU is busy for much less than the wall time, the step is
+    limited by the host issuing kernels, not by the GPU."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    sync(device)
+    t0 = time.perf_counter()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            run_step()
+        sync(device)
+    wall = (time.perf_counter() - t0) / steps
+    kernels: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:   # kernels and copies, as the GPU ran them
+            kernels[e.name] = kernels.get(e.name, 0.0) + e.time_range.elapsed_us() / 1e6 / steps
+    launches = sum(e.count for e in prof.key_averages()
+                   if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    top = sorted(kernels.items(), key=lambda kv: kv[1], reverse=True)[:8]
+    return {"profiled_wall_s_per_step": round(wall, 4), "gpu_busy_s_per_step": round(sum(kernels.values()), 4),
+            "kernel_launches_per_step": launches // steps,
+            "top_gpu_kernels": [{"kernel": name[:70], "s_per_step": round(t, 4)} for name, t in top]}
 
 
 def loader_wait(args, js, step, device) -> dict:
