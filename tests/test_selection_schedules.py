@@ -68,3 +68,14 @@ def test_selection_is_batched_over_the_whole_batch():
     conf = torch.tensor([[0.9, 0.9], [0.3, 0.3]])
     m = body_part_mask(conf, [[0, 1]], [0.25], step=10, rampdown_steps=10)
     assert m.tolist() == [[1, 1], [0, 0]]      # rank int(4 * 0.25) = 1 of [0.9, 0.9, 0.3, 0.3]
+
+
+def test_body_part_mask_groups_of_different_sizes_and_ungrouped_joints():
+    """Per-group ranks (n = B·|g| differs per group), joints in no group never kept, no group at all."""
+    conf = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.95],
+                         [0.5, 0.4, 0.3, 0.25, 0.99]])
+    # group A = joints 0-2 (n = 6, rate 0.5 -> rank 3 of [.9 .8 .7 .5 .4 .3] = 0.5);
+    # group B = joint 3 (n = 2, rate 0.5 -> rank 1 of [.6 .25] = 0.25); joint 4 in no group
+    m = body_part_mask(conf, [[0, 1, 2], [3]], [0.5, 0.5], step=10, rampdown_steps=10)
+    assert m.tolist() == [[1, 1, 1, 1, 0], [1, 0, 0, 1, 0]]
+    assert body_part_mask(conf, [], [], step=0, rampdown_steps=10).sum() == 0

@@ -28,6 +28,8 @@ def body_part_mask(confidence: torch.Tensor, groups: Sequence[Sequence[int]], mi
     the precision of Python's ``int(n * r)``.
     """
     b, j = confidence.shape
+    if not groups:
+        return torch.zeros(b, j, device=confidence.device)
     layout = _group_layout(tuple(tuple(int(k) for k in g) for g in groups), tuple(float(r) for r in min_ratios),
                            j, confidence.device)
     conf = confidence.float()
@@ -55,7 +57,7 @@ class _GroupLayout:
 @functools.lru_cache(maxsize=64)
 def _group_layout(groups: tuple[tuple[int, ...], ...], min_ratios: tuple[float, ...], num_joints: int,
                   device: torch.device) -> _GroupLayout:
-    if len(groups) != len(min_ratios) or not groups or not all(groups):
+    if len(groups) != len(min_ratios) or not all(groups):
         raise ValueError(f"body_part_mask needs one min ratio per non-empty group, got {len(groups)} groups "
                          f"and {len(min_ratios)} ratios")
     width = max(len(g) for g in groups)
