@@ -77,9 +77,18 @@ def batch(n, seed, with_target=True):
 # element by element. On CUDA (TF32 off) the kernels differ, and the gradient of a convolution with
 # the tiny initial weights in front of a BatchNorm is ~1/|w| and computed with cancellation, so
 # single elements differ by a few percent (seen: 8e-5 on updates of ~1.5e-3, the stem convolution):
-# there each parameter tensor's update must agree in norm, to 5 % of its size.
+# there each parameter tensor's update must agree in norm, to 5 % of its size. (CPU: float reduction
+# order, and two float32 ulps at 1.0 for the BatchNorm weights.)
 TOLERANCES = {"cpu": dict(loss=1e-4, delta=1e-2, delta_atol=2.5e-7),
               "cuda": dict(loss=1e-3, delta_norm=0.05)}
+
+
+def sgd(net, schedule=lambda _: 1.0, lr=1e-3):
+    """Plain SGD: parameter changes are proportional to the gradients, so comparing them checks the
+    gradients themselves (AdamW's first steps are nearly sign(gradient) and would hide errors). No
+    momentum: the optimiser has no state to synchronise between two implementations."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
 
 def assert_same_update(p0, fast, ref, tol, what):
@@ -106,21 +115,15 @@ def test_three_steps_match_the_reference_step(device, exact_cuda):
     device = torch.device(device)
     teacher.to(device), student.to(device)
 
-    def optimized(net, lr):
-        # Plain SGD: parameter changes are proportional to the gradients, so comparing them checks the
-        # gradients themselves (AdamW's first steps are nearly sign(gradient) and would hide errors).
-        # No momentum: the optimiser has no state to synchronise between the two implementations.
-        opt = torch.optim.SGD(net.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(cosine_with_warmup, warmup_steps=1, total_steps=10))
-        return opt, sched
+    warmup = partial(cosine_with_warmup, warmup_steps=1, total_steps=10)
 
     def no_scaler():
         return torch.amp.GradScaler(device.type, enabled=False)
 
-    fast = FreeNetStep(OptimizedModel(teacher, *optimized(teacher, 1e-3), no_scaler()),
-                       OptimizedModel(student, *optimized(student, 1e-3), no_scaler()), U24, hyper, device)
-    t_opt, t_sched = optimized(r_teacher, 1e-3)
-    s_opt, s_sched = optimized(r_student, 1e-3)
+    fast = FreeNetStep(OptimizedModel(teacher, *sgd(teacher, warmup), no_scaler()),
+                       OptimizedModel(student, *sgd(student, warmup), no_scaler()), U24, hyper, device)
+    t_opt, t_sched = sgd(r_teacher, warmup)
+    s_opt, s_sched = sgd(r_student, warmup)
     moved = set()
     for step in range(3):
         r_teacher.load_state_dict(teacher.state_dict()), r_student.load_state_dict(student.state_dict())
@@ -135,7 +138,6 @@ def test_three_steps_match_the_reference_step(device, exact_cuda):
         fast_params = [p.detach().cpu() for p in list(teacher.parameters()) + list(student.parameters())]
         ref_params = list(r_teacher.parameters()) + list(r_student.parameters())
         for i, (p0, p, q) in enumerate(zip(start, fast_params, ref_params)):
-            # CPU tolerance: float reduction order, and two float32 ulps at 1.0 (BatchNorm weights)
             assert_same_update(p0, p, q, tol, f"step {step}, parameter {i}")
             if not torch.equal(p, p0):
                 moved.add(i)
@@ -175,10 +177,8 @@ def test_amp_step_on_cuda_follows_the_fp32_step(dtype, exact_cuda):
             teacher, student = (n.to(memory_format=torch.channels_last) for n in (teacher, student))
         return teacher, student
 
-    def sgd(net, fp16):
-        opt = torch.optim.SGD(net.parameters(), lr=1e-3)
-        return OptimizedModel(net, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
-                              torch.amp.GradScaler("cuda", init_scale=2.0 ** 8, enabled=fp16))
+    def sgd_model(net, fp16):
+        return OptimizedModel(net, *sgd(net), torch.amp.GradScaler("cuda", init_scale=2.0 ** 8, enabled=fp16))
 
     def flat(net, prefix=""):
         return torch.cat([p.detach().flatten().float().cpu() for n, p in net.named_parameters()
@@ -189,7 +189,7 @@ def test_amp_step_on_cuda_follows_the_fp32_step(dtype, exact_cuda):
     runs = {}
     for name, autocast in (("fp32", None), ("amp", dtype)):
         teacher, student = copies(autocast)
-        step = FreeNetStep(sgd(teacher, False), sgd(student, autocast is torch.float16), U24, hyper, device,
+        step = FreeNetStep(sgd_model(teacher, False), sgd_model(student, autocast is torch.float16), U24, hyper, device,
                            autocast_dtype=autocast, channels_last=autocast is not None)
         runs[name] = step(0, labeled, None)["s_loss"].float().cpu(), flat(student, "final_layer.") - final_start
     (loss32, moved32), (loss_amp, moved_amp) = runs["fp32"], runs["amp"]
