@@ -53,3 +53,22 @@ def time_it(fn: Callable[[], object], device: torch.device, repeat: int, warmup:
 def emit(record: dict) -> None:
     """One JSON line per measurement (easy to grep, plot or paste into the README)."""
     print(json.dumps(record), flush=True)
+
+
+def count_ops(fn: Callable[[], object]) -> int:
+    """Tensor operations one call of ``fn`` dispatches, its backward passes included. On a GPU each
+    is about one kernel launch (views none), and their count sets the call's time when launching
+    (~5-30 us each) outweighs the work. The same count on every device: a launch count measured
+    without a GPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n

@@ -1,18 +1,18 @@
 """Time of the pseudo-label selection and rendering of one step (SPEC §7, §5.2).
 
-body_part_mask + feedback_mask + two render_gaussians (pseudo labels and feedback maps) for
-B·mu unlabeled samples and J joints — what the original computed with per-joint ``.item()`` calls
-and CPU double loops.
+body_part_mask + feedback_mask + render_gaussians of the pseudo labels and the feedback maps
+(``select_targets``, one rendering for both) for B·mu unlabeled samples and J joints — what the
+original computed with per-joint ``.item()`` calls and CPU double loops.
 
     python benchmarks/selection.py                      # B·mu = 56, J = 24, 64x64 heatmaps
 """
 import torch
 
-from common import base_parser, describe, emit, pick_device, time_it
+from common import base_parser, count_ops, describe, emit, pick_device, time_it
 from freenet.device import configure_backends
-from freenet.heatmaps import argmax_keypoints, render_gaussians
+from freenet.heatmaps import argmax_keypoints, peak_values
 from freenet.joints import load_joint_set
-from freenet.pseudo_labels import body_part_mask, feedback_mask
+from freenet.pseudo_labels import select_targets
 
 
 def main():
@@ -34,45 +34,25 @@ def main():
 
     size = (args.heatmap, args.heatmap)
     coords, conf = argmax_keypoints(teacher)
-    _, s_conf = argmax_keypoints(student)
+    s_conf = peak_values(student)
     fb_coords, _ = argmax_keypoints(teacher_aug)
 
     def selection():
-        """The three selection functions, given the decoded peaks."""
-        mask = body_part_mask(conf, groups, ratios, step=3000, rampdown_steps=9000)
-        fb = feedback_mask(conf, s_conf)
-        return render_gaussians(coords, mask, size), render_gaussians(fb_coords, fb, size)
+        """Masks and maps of one step with feedback on, given the decoded peaks."""
+        return select_targets(coords, conf, groups, ratios, 3000, 9000, size, (s_conf, fb_coords))
 
     def with_decoding():
         """Everything between the forward passes and the losses: 3 argmax decodings + selection."""
         c, t_conf = argmax_keypoints(teacher)
-        mask = body_part_mask(t_conf, groups, ratios, step=3000, rampdown_steps=9000)
-        _, sc = argmax_keypoints(student)
+        sc = peak_values(student)
         fc, _ = argmax_keypoints(teacher_aug)
-        return render_gaussians(c, mask, size), render_gaussians(fc, feedback_mask(t_conf, sc), size)
+        return select_targets(c, t_conf, groups, ratios, 3000, 9000, size, (sc, fc))
 
     for name, fn in (("selection", selection), ("selection+decode", with_decoding)):
         t = time_it(fn, device, args.repeat, args.warmup)
         emit({"benchmark": name, "device": describe(device), "batch": args.batch, "joints": js.num_joints,
               "heatmap": args.heatmap, "ms": round(1000 * t["median_s"], 3), "ms_mean": round(1000 * t["mean_s"], 3),
               "tensor_ops": count_ops(fn)})
-
-
-def count_ops(fn) -> int:
-    """Tensor operations one call dispatches: on a GPU, about one kernel launch each, and the
-    floor of the call's time when launches (~5-30 us each) outweigh the work."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Count.n += 1
-            return func(*args, **(kwargs or {}))
-
-    with Count():
-        fn()
-    return Count.n
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ import time
 import numpy as np
 import torch
 
-from common import base_parser, describe, emit, pick_device, sync, time_it
+from common import base_parser, count_ops, describe, emit, pick_device, sync, time_it
 from freenet.device import autocast_dtype, configure_backends
 from freenet.freenet_step import FreeNetHyper, FreeNetStep
-from freenet.heatmaps import argmax_keypoints, encode_keypoints, render_gaussians
+from freenet.heatmaps import encode_keypoints
 from freenet.joints import load_joint_set
 from freenet.models import PoseHighResolutionNet
 from freenet.optim import make_optimized
-from freenet.pseudo_labels import feedback_mask
 
 
 def synthetic_batch(n: int, size: int, joints: int, with_target: bool, seed: int) -> dict:
@@ -97,6 +96,7 @@ def main():
               "s_per_step": round(t["median_s"], 4), "images_per_s": round(images / t["median_s"], 1)}
     if device.type == "cuda":
         record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+    record["tensor_ops"] = count_ops(lambda: step(next(counter), labeled, unlabeled))
     emit(record)
 
     # --- the parts, each on its own with the same tensors -----------------------------------------
@@ -119,10 +119,7 @@ def main():
         heat = teacher(x_ori).float()[args.batch:]
 
     def selection():
-        maps, mask, conf = step.pseudo_labels(heat, 10 ** 4)
-        _, s_conf = argmax_keypoints(heat)
-        fb_coords, _ = argmax_keypoints(heat)
-        return maps, render_gaussians(fb_coords, feedback_mask(conf, s_conf), heat.shape[-2:])
+        return step.targets(heat, heat, heat, 10 ** 4)
 
     def optimizers():
         for net in (step.teacher, step.student):

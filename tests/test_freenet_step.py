@@ -79,13 +79,13 @@ def test_pseudo_labels_are_rendered_where_the_mask_says():
     g = torch.Generator().manual_seed(0)
     t_u = torch.rand(6, 17, 16, 16, generator=g) * 0.15   # peaks below the 0.2 floor
     t_u[:3, :, 5, 7] = 0.9                   # confident peaks in half of the batch
-    maps, mask, conf = step.pseudo_labels(t_u, step=0)
+    maps, mask, fb_maps, fb_mask = step.targets(t_u, t_u, None, step=0)
+    assert fb_maps is None and fb_mask is None           # before feedback starts
     assert torch.equal(mask[:3], torch.ones(3, 17))
     rendered = maps.flatten(2).amax(-1) > 0
     assert torch.equal(rendered, mask.bool())
     coords, _ = argmax_keypoints(maps[:3])
     assert (coords == torch.tensor([7.0, 5.0])).all()     # peaks at the teacher's argmax
-    assert torch.equal(conf, t_u.flatten(2).amax(-1))
     assert mask[3:].sum() == 0               # low-confidence joints below the 0.2 floor are dropped
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from freenet.heatmaps import argmax_keypoints, encode_keypoints, refine_quarter_offset, render_gaussians
+from freenet.heatmaps import argmax_keypoints, encode_keypoints, peak_values, refine_quarter_offset, render_gaussians
 from freenet.losses import weighted_heatmap_mse
 
 
@@ -97,6 +97,21 @@ def test_argmax_and_non_positive_peaks():
     assert coords[0, 0].tolist() == [5.0, 2.0] and maxvals[0, 0] == pytest.approx(0.7)
     assert coords[0, 1].tolist() == [0.0, 0.0] and maxvals[0, 1] == pytest.approx(-0.5)
     assert coords[0, 2].tolist() == [0.0, 0.0] and maxvals[0, 2] == 0.0
+
+
+def test_half_precision_maps_decode_as_their_float32_copies():
+    """The peak is found in the maps' own dtype: fp16 maps (AMP) give the float32 result, ties
+    resolved to the first position as in float32."""
+    g = torch.Generator().manual_seed(3)
+    hm = (torch.rand(4, 5, 8, 10, generator=g) * 8).round() / 8 - 0.25    # few values: many ties
+    coords16, max16 = argmax_keypoints(hm.half())
+    coords32, max32 = argmax_keypoints(hm)
+    assert max16.dtype == coords16.dtype == torch.float32
+    assert torch.equal(coords16, coords32) and torch.equal(max16, max32)
+    assert torch.equal(peak_values(hm.half()), max32)
+    flat = hm.flatten(2)
+    first = (flat == flat.amax(-1, keepdim=True)).float().argmax(-1)       # first maximum
+    assert torch.equal(coords32[..., 0] + 10 * coords32[..., 1], (first * (max32 > 0)).float())
 
 
 def test_encode_argmax_round_trip():

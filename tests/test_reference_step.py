@@ -69,6 +69,18 @@ def test_rendering_at_the_edges_of_the_window_matches_the_reference(device):
     assert torch.equal(drawn > 0, inside[:, None] & inside[None, :])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size", [(16, 12), (12, 16)])
+def test_rendering_of_non_square_maps_matches_the_reference(size, device):
+    """x runs over the width and y over the height, each normalised and windowed on its own axis."""
+    g = torch.Generator().manual_seed(7)
+    centres = torch.rand(6, 24, 2, generator=g) * 30 - 7
+    mask = torch.ones(6, 24)
+    ours = render_gaussians(centres.to(device), mask.to(device), size).cpu()
+    assert ours.shape == (6, 24, size[1], size[0])
+    torch.testing.assert_close(ours, ref.render_gaussians(centres, mask, size), rtol=1e-5, atol=1e-6)
+
+
 def batch(n, seed, with_target=True):
     return random_batch(n, seed, 24, with_target)
 

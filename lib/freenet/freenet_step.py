@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from freenet.data.transforms import normalize_images
-from freenet.heatmaps import argmax_keypoints, render_gaussians
+from freenet.heatmaps import argmax_keypoints, peak_values
 from freenet.joints import JointSet
 from freenet.losses import weighted_heatmap_mse
 from freenet.optim import OptimizedModel
-from freenet.pseudo_labels import body_part_mask, feedback_mask
+from freenet.pseudo_labels import UnlabeledTargets, select_targets
 from freenet.schedules import feedback_factor
 
 
@@ -59,13 +59,17 @@ class FreeNetStep:
         x = torch.cat([p.to(self.device, non_blocking=True) for p in parts])
         return normalize_images(x).contiguous(memory_format=self.memory_format)
 
-    def pseudo_labels(self, t_u: torch.Tensor, step: int):
-        """§6.4: pseudo labels from the teacher's ori view, kept per body part (§7.1).
-
-        Returns maps (B, J, H, W), mask (B, J) and the teacher confidences (B, J)."""
-        coords, conf = argmax_keypoints(t_u.detach().float())
-        mask = body_part_mask(conf, self.groups, self.min_ratios, step, self.hyper.down_step)
-        return render_gaussians(coords, mask, (t_u.shape[-1], t_u.shape[-2])), mask, conf
+    def targets(self, t_u: torch.Tensor, s_u: torch.Tensor, t_aug_u: torch.Tensor | None, step: int) -> UnlabeledTargets:
+        """§6.4, §6.6: decode the unlabeled predictions (§5.3) and select and render their targets
+        (§7, §5.2). ``t_aug_u`` None: before feedback starts, pseudo labels only."""
+        coords, conf = argmax_keypoints(t_u.detach())
+        feedback = None
+        if t_aug_u is not None:
+            s_conf = peak_values(s_u.detach())                   # the student before its update
+            fb_coords, _ = argmax_keypoints(t_aug_u.detach())
+            feedback = s_conf, fb_coords
+        return select_targets(coords, conf, self.groups, self.min_ratios, step, self.hyper.down_step,
+                              (t_u.shape[-1], t_u.shape[-2]), feedback)
 
     def __call__(self, step: int, labeled: dict, unlabeled: dict | None) -> dict[str, torch.Tensor]:
         """One step. ``unlabeled`` None (``--mu 0``) is the labeled-only ablation: no pseudo labels,
@@ -94,8 +98,8 @@ class FreeNetStep:
         s_loss_l = self.loss(s_l, gt, gt_mask)
         s_loss = s_loss_l
         if unlabeled is not None:
-            pl_maps, pl_mask, t_conf = self.pseudo_labels(t_u, step)
-            s_loss = s_loss + self.loss(s_u, pl_maps, pl_mask)
+            targets = self.targets(t_u, s_u, t_aug[bl:] if feedback_on else None, step)
+            s_loss = s_loss + self.loss(s_u, targets.maps, targets.mask)
         self.student.update(s_loss)
 
         # §6.6: teacher update.
@@ -104,17 +108,12 @@ class FreeNetStep:
             with torch.no_grad(), self.autocast():
                 s_new = student(x_aug[:bl])                                # updated student, train mode
             dot = s_loss_l.detach() - self.loss(s_new, gt, gt_mask)        # how much the student improved
-            _, s_conf = argmax_keypoints(s_u.detach().float())             # pre-update student
-            fb_mask = feedback_mask(t_conf, s_conf)
-            t_aug_u = t_aug[bl:]
-            fb_coords, _ = argmax_keypoints(t_aug_u.detach().float())
-            fb_maps = render_gaussians(fb_coords, fb_mask, (t_aug_u.shape[-1], t_aug_u.shape[-2]))
             factor = feedback_factor(step, hp.feedback_start, hp.feedback_complete, hp.feedback_weight)
-            t_loss = t_loss + dot * self.loss(t_aug_u, fb_maps, fb_mask) * factor
+            t_loss = t_loss + dot * self.loss(t_aug[bl:], targets.feedback_maps, targets.feedback_mask) * factor
         self.teacher.update(t_loss)
 
         out = {"s_loss": s_loss.detach(), "t_loss": t_loss.detach()}
         if unlabeled is not None:
             for name, joints in self.logging_groups.items():
-                out[f"pl_{name}"] = pl_mask[:, list(joints)].sum()
+                out[f"pl_{name}"] = targets.mask[:, list(joints)].sum()
         return out

@@ -5,8 +5,12 @@
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def encode_keypoints(keypoints: np.ndarray, visibility: np.ndarray, heatmap_size: tuple[int, int] = (64, 64),
@@ -45,48 +49,68 @@ def render_gaussians(coords: torch.Tensor, mask: torch.Tensor, heatmap_size: tup
     centre just outside the map still puts 1.0 on the nearest border pixel. Maps are zero where
     the mask is 0 or the 3σ window (bounds truncated toward zero) misses the map.
     Returns (B, J, H, W) float32.
+
+    About a dozen kernels whatever the batch (one step renders ~100k maps): the Gaussian is
+    separable and positive, so its maximum over the map is max(gx)·max(gy), and dividing by it is
+    subtracting each factor's maximum in log space — done for x and y together on a (2, L) grid.
     """
     width, height = heatmap_size
-    x = coords[..., 0].float()  # (B, J)
-    y = coords[..., 1].float()
-    r = 3 * sigma
+    grid = _render_grid(width, height, float(sigma), coords.device)
+    c = coords.float()                                                  # (B, J, 2)
+    d = c[..., None] - grid.positions                                   # (B, J, 2, L)
+    # −d²/2σ², and −inf past the end of the shorter axis (so it is ignored by the max)
+    log_g = torch.addcmul(grid.padding, d, d, value=-1 / (2 * sigma ** 2))
+    log_g = log_g - log_g.amax(dim=-1, keepdim=True)
+    # Factors below exp(_LOG_FLOOR) ~ 1e-19 become exact zeros: their products would be denormal
+    # numbers, which CPUs multiply about ten times slower, and they change no loss value. (The
+    # clamp first: exp of far-negative numbers takes a slow path on the CPU.)
+    g = F.threshold(torch.exp(log_g.clamp(min=_LOG_FLOOR - 1)), _FLOOR, 0.0)
     # The window [trunc(max(c−r, 0)), trunc(min(c+r, size−1))] meets the map unless its upper
     # bound truncates below 0 (c + r <= −1) or its lower bound above size−1 (c − r >= size).
-    keep = (mask != 0) & (x > -1 - r) & (x < width + r) & (y > -1 - r) & (y < height + r)
-
-    xs = torch.arange(width, device=coords.device, dtype=torch.float32)
-    ys = torch.arange(height, device=coords.device, dtype=torch.float32)
-    # The Gaussian is separable and positive, so its maximum over the map is max(gx)·max(gy), and
-    # dividing by it is subtracting each factor's maximum in log space.
-    ax = -(xs - x[..., None]) ** 2 / (2 * sigma ** 2)  # (B, J, W)
-    ay = -(ys - y[..., None]) ** 2 / (2 * sigma ** 2)  # (B, J, H)
-    gx = _normalised_exp(ax)
-    gy = _normalised_exp(ay) * keep[..., None]
-    return gy[..., :, None] * gx[..., None, :]  # (B, J, H, W)
+    keep = (mask != 0) & ((c > -1 - 3 * sigma) & (c < grid.upper)).all(dim=-1)  # (B, J)
+    gx = g[..., 0, :width]
+    gy = g[..., 1, :height] * keep[..., None]
+    return gy[..., :, None] * gx[..., None, :]                          # (B, J, H, W)
 
 
-# Factors below sqrt(float32 min) ~ 1e-19 of the peak become exact zeros: their products would be
-# denormal numbers, which CPUs multiply about ten times slower, and they change no loss value.
-_LOG_FLOOR = 0.5 * float(np.log(np.finfo(np.float32).tiny))
+_LOG_FLOOR = 0.5 * float(np.log(np.finfo(np.float32).tiny))   # sqrt(float32 min) in log space
+_FLOOR = float(np.exp(_LOG_FLOOR))                          # exp(_LOG_FLOOR - 1) is below it
 
 
-def _normalised_exp(log_values: torch.Tensor) -> torch.Tensor:
-    """exp(v - max(v)) along the last axis, flushed to 0 below ``exp(_LOG_FLOOR)``."""
-    d = (log_values - log_values.amax(dim=-1, keepdim=True)).clamp(min=_LOG_FLOOR)
-    return torch.exp(d) * (d > _LOG_FLOOR)
+@dataclass(frozen=True)
+class _RenderGrid:
+    positions: torch.Tensor    # (2, L) 0..L-1 for x and for y, L = max(W, H)
+    padding: torch.Tensor      # (2, L) 0, or −inf at positions >= W (row x) or >= H (row y)
+    upper: torch.Tensor        # (2,) W + 3σ, H + 3σ: the window misses the map from there on
+
+
+@functools.lru_cache(maxsize=16)
+def _render_grid(width: int, height: int, sigma: float, device: torch.device) -> _RenderGrid:
+    length = max(width, height)
+    positions = torch.arange(length, dtype=torch.float32).expand(2, length)
+    sizes = torch.tensor([width, height], dtype=torch.float32)
+    padding = torch.zeros(2, length).masked_fill(positions >= sizes[:, None], float("-inf"))
+    return _RenderGrid(positions.contiguous().to(device), padding.to(device), (sizes + 3 * sigma).to(device))
 
 
 def argmax_keypoints(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer argmax locations and peak values (SPEC §5.3).
 
-    heatmaps (B, J, H, W) -> coords (B, J, 2) float (x = idx mod W, y = idx div W), maxvals (B, J).
-    Coordinates are (0, 0) where the peak is <= 0.
+    heatmaps (B, J, H, W), any float dtype -> coords (B, J, 2) float32 (x = idx mod W,
+    y = idx div W), maxvals (B, J) float32. Coordinates are (0, 0) where the peak is <= 0.
+    The maximum is taken in the maps' own dtype (exact; a half-precision map is not copied to float32).
     """
     b, j, h, w = heatmaps.shape
     maxvals, idx = heatmaps.reshape(b, j, h * w).max(dim=-1)
+    maxvals = maxvals.float()
     coords = torch.stack((idx % w, torch.div(idx, w, rounding_mode="floor")), dim=-1).float()
     coords = coords * (maxvals > 0)[..., None]
     return coords, maxvals
+
+
+def peak_values(heatmaps: torch.Tensor) -> torch.Tensor:
+    """The maxvals of ``argmax_keypoints`` alone: (B, J, H, W) -> (B, J) float32."""
+    return heatmaps.flatten(2).amax(dim=-1).float()
 
 
 def refine_quarter_offset(heatmaps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

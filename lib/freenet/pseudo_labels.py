@@ -1,4 +1,5 @@
-"""Which joints become pseudo labels, and which feed the feedback term (SPEC §7).
+"""Which joints become pseudo labels, and which feed the feedback term (SPEC §7), and the maps
+both are trained on (SPEC §5.2).
 
 Tensor ops on the device, no per-group or per-element Python loop, no host-device copy.
 """
@@ -6,11 +7,41 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
+from freenet.heatmaps import render_gaussians
 from freenet.schedules import topk_rate
+
+
+class UnlabeledTargets(NamedTuple):
+    """What the unlabeled images of one step are trained on."""
+
+    maps: torch.Tensor                     # (Bu, J, H, W) the student's pseudo labels (§6.4)
+    mask: torch.Tensor                     # (Bu, J) the joints kept for them (§7.1)
+    feedback_maps: torch.Tensor | None     # (Bu, J, H, W) the teacher's aug-view peaks, re-rendered (§6.6)
+    feedback_mask: torch.Tensor | None     # (Bu, J) the mid-confidence band (§7.2)
+
+
+def select_targets(coords: torch.Tensor, confidence: torch.Tensor, groups: Sequence[Sequence[int]],
+                   min_ratios: Sequence[float], step: int, rampdown_steps: int, heatmap_size: tuple[int, int],
+                   feedback: tuple[torch.Tensor, torch.Tensor] | None = None) -> UnlabeledTargets:
+    """Pseudo labels and, with ``feedback``, the feedback targets of one step, from decoded peaks.
+
+    coords, confidence: the teacher's ori-view peaks (Bu, J, 2), (Bu, J) (§6.4).
+    feedback: (the student's aug-view confidences before its update (Bu, J), the teacher's
+    aug-view peak coordinates (Bu, J, 2)) (§6.6, §7.2); None before feedback starts.
+    Both sets of maps are rendered in one call: the rendering's kernels are launched once.
+    """
+    mask = body_part_mask(confidence, groups, min_ratios, step, rampdown_steps)
+    if feedback is None:
+        return UnlabeledTargets(render_gaussians(coords, mask, heatmap_size), mask, None, None)
+    student_conf, fb_coords = feedback
+    fb_mask = feedback_mask(confidence, student_conf)
+    maps = render_gaussians(torch.cat([coords, fb_coords]), torch.cat([mask, fb_mask]), heatmap_size)
+    n = coords.shape[0]
+    return UnlabeledTargets(maps[:n], mask, maps[n:], fb_mask)
 
 
 def body_part_mask(confidence: torch.Tensor, groups: Sequence[Sequence[int]], min_ratios: Sequence[float],
@@ -24,53 +55,56 @@ def body_part_mask(confidence: torch.Tensor, groups: Sequence[Sequence[int]], mi
     a joint listed in several groups follows the last. Returns a float mask (B, J) of 0/1.
 
     All groups at once, in a fixed number of kernels and with no host-device copy: the group
-    layout lives on the device (cached per joint set), and the ranks are computed there in float64,
-    the precision of Python's ``int(n * r)``.
+    layout lives on the device (cached per joint set and batch size), and the ranks are computed
+    there in float64, the precision of Python's ``int(n * r)``.
     """
     b, j = confidence.shape
     if not groups:
         return torch.zeros(b, j, device=confidence.device)
     layout = _group_layout(tuple(tuple(int(k) for k in g) for g in groups), tuple(float(r) for r in min_ratios),
-                           j, confidence.device)
+                           j, b, confidence.device)
     conf = confidence.float()
-    values = conf[:, layout.index]                                           # (B, G, max|g|)
-    values = values.masked_fill(layout.padding, float("-inf")).transpose(0, 1).reshape(len(groups), -1)
-    ordered = values.sort(dim=1, descending=True).values                     # padding sorts last
+    values = torch.where(layout.padded, layout.fill, conf.t()[layout.index])    # (G+1, max|g|, B)
+    ordered = values.flatten(1).sort(dim=1, descending=True).values          # padding (-inf) sorts last
     ramp = topk_rate(step, rampdown_steps, 0.0)                              # the cosine before the clamp
-    n = layout.sizes * b                                                     # (G,) float64
-    rank = torch.minimum(torch.floor(n * layout.min_ratios.clamp(min=ramp).clamp(max=1.0)), n - 1)
-    threshold = ordered.gather(1, rank.long()[:, None])[:, 0].clamp(min=floor)
-    # one more slot, +inf, for joints in no group
-    per_joint = torch.cat([threshold, threshold.new_full((1,), float("inf"))])[layout.group_of]
-    return (conf >= per_joint).float()
+    # int() of the non-negative float64 product truncates, as Python's int(n * r)
+    rank = torch.minimum((layout.sizes * layout.min_ratios.clamp(min=ramp, max=1.0)).long(), layout.last_rank)
+    threshold = ordered.gather(1, rank[:, None])[:, 0].clamp(min=floor)      # (G+1,), +inf for no group
+    return (conf >= threshold[layout.group_of]).float()
 
 
 @dataclass(frozen=True)
 class _GroupLayout:
-    index: torch.Tensor        # (G, max|g|) joint ids, padded with 0
-    padding: torch.Tensor      # (1, G, max|g|) True on the padding
-    sizes: torch.Tensor        # (G,) float64 |g|
-    min_ratios: torch.Tensor   # (G,) float64
-    group_of: torch.Tensor     # (J,) the joint's group, G for none
+    """The groups as rows, plus a last row of +inf: the threshold of joints in no group."""
+
+    index: torch.Tensor        # (G+1, max|g|) joint ids, 0 on the padding
+    padded: torch.Tensor       # (G+1, max|g|, 1) True where ``fill`` replaces the confidence
+    fill: torch.Tensor         # (G+1, max|g|, 1) -inf on the padding, +inf on the last row
+    sizes: torch.Tensor        # (G+1,) float64 n = B·|g| (1 for the last row)
+    min_ratios: torch.Tensor   # (G+1,) float64 (1 for the last row)
+    last_rank: torch.Tensor    # (G+1,) int64 n − 1
+    group_of: torch.Tensor     # (J,) the joint's row, G for none
 
 
 @functools.lru_cache(maxsize=64)
 def _group_layout(groups: tuple[tuple[int, ...], ...], min_ratios: tuple[float, ...], num_joints: int,
-                  device: torch.device) -> _GroupLayout:
+                  batch: int, device: torch.device) -> _GroupLayout:
     if len(groups) != len(min_ratios) or not all(groups):
         raise ValueError(f"body_part_mask needs one min ratio per non-empty group, got {len(groups)} groups "
                          f"and {len(min_ratios)} ratios")
-    width = max(len(g) for g in groups)
-    index = torch.zeros(len(groups), width, dtype=torch.long)
-    padding = torch.ones(len(groups), width, dtype=torch.bool)
+    rows, width = len(groups) + 1, max(len(g) for g in groups)
+    index = torch.zeros(rows, width, dtype=torch.long)
+    padded = torch.ones(rows, width, 1, dtype=torch.bool)
+    fill = torch.full((rows, width, 1), float("-inf"))
+    fill[-1] = float("inf")
     group_of = torch.full((num_joints,), len(groups), dtype=torch.long)
     for g, joints in enumerate(groups):
         index[g, :len(joints)] = torch.tensor(joints)
-        padding[g, :len(joints)] = False
+        padded[g, :len(joints)] = False
         group_of[list(joints)] = g
-    return _GroupLayout(index.to(device), padding[None].to(device),
-                        torch.tensor([len(g) for g in groups], dtype=torch.float64, device=device),
-                        torch.tensor(min_ratios, dtype=torch.float64, device=device), group_of.to(device))
+    sizes = torch.tensor([batch * len(g) for g in groups] + [1], dtype=torch.float64)
+    ratios = torch.tensor(list(min_ratios) + [1.0], dtype=torch.float64)
+    return _GroupLayout(*(t.to(device) for t in (index, padded, fill, sizes, ratios, sizes.long() - 1, group_of)))
 
 
 def feedback_mask(teacher_conf: torch.Tensor, student_conf: torch.Tensor, good_ratio: float = 0.2,
@@ -81,12 +115,9 @@ def feedback_mask(teacher_conf: torch.Tensor, student_conf: torch.Tensor, good_r
     good = max(T[int(g·N)], S[int(g·N)]), bad = min(T[int((1−b)·N)], S[int((1−b)·N)]);
     mask = bad <= teacher_conf <= good. Returns a float mask (B, J) of 0/1.
     """
-    t = teacher_conf.flatten().float().sort(descending=True).values
-    s = student_conf.flatten().float().sort(descending=True).values
-    n = t.numel()
-    i_good = min(int(good_ratio * n), n - 1)
-    i_bad = min(int((1 - bad_ratio) * n), n - 1)
-    good = torch.maximum(t[i_good], s[i_good])
-    bad = torch.minimum(t[i_bad], s[i_bad])
+    ordered = torch.stack([teacher_conf.flatten(), student_conf.flatten()]).float().sort(dim=1, descending=True).values
+    n = ordered.shape[1]
+    good = ordered[:, min(int(good_ratio * n), n - 1)].amax()
+    bad = ordered[:, min(int((1 - bad_ratio) * n), n - 1)].amin()
     conf = teacher_conf.float()
     return ((conf >= bad) & (conf <= good)).float()
