@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from freenet.profiling import dispatched_ops
+
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
@@ -56,19 +58,6 @@ def emit(record: dict) -> None:
 
 
 def count_ops(fn: Callable[[], object]) -> int:
-    """Tensor operations one call of ``fn`` dispatches, its backward passes included. On a GPU each
-    is about one kernel launch (views none), and their count sets the call's time when launching
-    (~5-30 us each) outweighs the work. The same count on every device: a launch count measured
-    without a GPU."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Count.n += 1
-            return func(*args, **(kwargs or {}))
-
-    with Count():
-        fn()
-    return Count.n
+    """Tensor operations one call of ``fn`` dispatches (freenet.profiling): on a GPU about one kernel
+    launch each, the same count on every device — a launch count measured without a GPU."""
+    return sum(dispatched_ops(fn).values())

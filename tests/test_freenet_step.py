@@ -1,5 +1,6 @@
 """The circuit-feedback step (SPEC §6) on a width-8 HRNet with 64-px inputs."""
 import copy
+from functools import partial
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ from freenet.heatmaps import argmax_keypoints
 from freenet.joints import load_joint_set
 from freenet.models import PoseHighResolutionNet
 from freenet.optim import make_optimized
+from freenet.profiling import dispatched_ops
+from freenet.pseudo_labels import select_targets
 
 JS = load_joint_set("ap10k")
 CPU = torch.device("cpu")
@@ -133,3 +136,37 @@ def test_mixed_precision_path_on_the_cpu():
     assert torch.isfinite(out["s_loss"]) and torch.isfinite(out["t_loss"]) and out["t_loss"].dtype == torch.float32
     assert changed(t0, step.teacher.model) and changed(s0, step.student.model)
     assert all(p.dtype == torch.float32 for p in step.student.model.parameters())    # master weights stay fp32
+
+
+# ---------------------------------------------------------------- the hot path's shape (no host reads, no loops)
+
+def test_a_step_reads_no_value_back_to_the_host():
+    """A full step with feedback, optimisers included, asks the host for no tensor value: no
+    ``.item()``/``float()``/``if tensor`` (each a sync on CUDA) and no data-dependent shape."""
+    step = make_step(feedback_start=0)
+    step(0, L, U)                                     # optimiser state created outside the count
+    ops = dispatched_ops(lambda: step(1, L, U))
+    assert ops["aten.convolution_backward"] > 0       # the count saw the backward passes
+    assert ops["aten._local_scalar_dense"] == 0
+    assert ops["aten.nonzero"] == 0
+
+
+def test_selection_is_a_fixed_number_of_tensor_ops():
+    """Pseudo-label selection and rendering of one step dispatch the same number of tensor ops
+    whatever the batch, the joint count or the number of part groups: no per-sample, per-joint or
+    per-group Python loop (the original's per-joint .item() calls would add B·J)."""
+    counts = []
+    for joints, b in (("ap10k", 4), ("union24", 4), ("union24", 56)):
+        js = load_joint_set(joints)
+        g = torch.Generator().manual_seed(0)
+        coords = torch.rand(b, js.num_joints, 2, generator=g) * 16
+        conf, s_conf = torch.rand(2, b, js.num_joints, generator=g)
+        groups, ratios = [p.joints for p in js.part_groups], [p.min_ratio for p in js.part_groups]
+        run = partial(select_targets, coords, conf, groups, ratios, 3, 10, (16, 16), (s_conf, coords))
+        run()                                                   # the group layout is cached on first use
+        ops = dispatched_ops(run)
+        assert ops["aten._local_scalar_dense"] == 0
+        counts.append(sum(ops.values()))
+    assert len(set(counts)) == 1
+    # On a GPU each op costs ~14 us of launching (H100, PyTorch 2.11): the 1 ms target allows ~70.
+    assert counts[0] <= 60
