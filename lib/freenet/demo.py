@@ -311,7 +311,8 @@ Predictions (left: base network, right: FreeNet student; marker size = confidenc
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a ~2-minute smoke run (small data, few steps)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run of every stage (~30 s on 2 CPU cores: small data, few steps)")
     p.add_argument("--out", default="demo_output", help="folder for data, runs and the report")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")

@@ -59,7 +59,8 @@ class FreeNetStep:
         x = torch.cat([p.to(self.device, non_blocking=True) for p in parts])
         return normalize_images(x).contiguous(memory_format=self.memory_format)
 
-    def targets(self, t_u: torch.Tensor, s_u: torch.Tensor, t_aug_u: torch.Tensor | None, step: int) -> UnlabeledTargets:
+    def targets(self, t_u: torch.Tensor, s_u: torch.Tensor, t_aug_u: torch.Tensor | None,
+                step: int) -> UnlabeledTargets:
         """§6.4, §6.6: decode the unlabeled predictions (§5.3) and select and render their targets
         (§7, §5.2). ``t_aug_u`` None: before feedback starts, pseudo labels only."""
         coords, conf = argmax_keypoints(t_u.detach())
