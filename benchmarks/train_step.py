@@ -96,7 +96,7 @@ def main():
               "s_per_step": round(t["median_s"], 4), "images_per_s": round(images / t["median_s"], 1)}
     if device.type == "cuda":
         record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
-    if not args.compile:   # under the counting mode a compiled model would run eager: a wrong count
+    if not args.compile:   # the counting mode does not see inside a compiled model (it counted eager ops)
         record["tensor_ops"] = count_ops(lambda: step(next(counter), labeled, unlabeled))
     emit(record)
 
