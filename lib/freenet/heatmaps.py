@@ -74,7 +74,7 @@ def render_gaussians(coords: torch.Tensor, mask: torch.Tensor, heatmap_size: tup
 
 
 _LOG_FLOOR = 0.5 * float(np.log(np.finfo(np.float32).tiny))   # sqrt(float32 min) in log space
-_FLOOR = float(np.exp(_LOG_FLOOR))                          # exp(_LOG_FLOOR - 1) is below it
+_FLOOR = float(np.exp(_LOG_FLOOR))       # the clamped values' exp(_LOG_FLOOR − 1) is below it: zeroed
 
 
 @dataclass(frozen=True)
