@@ -7,6 +7,7 @@ ImageNet mean/std happens on the training device (:func:`normalize_images`).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -138,6 +139,14 @@ def _to_chw(image: np.ndarray) -> torch.Tensor:
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) RGB -> float32 normalised with the ImageNet mean/std (SPEC §4)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    mean, std = _mean_std(images.device)
     return (images.float() - mean) / std
+
+
+@functools.lru_cache(maxsize=None)
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The constants, made once per device: building them from Python lists on every call is a
+    blocking host-to-device copy on CUDA (and is not allowed inside a CUDA graph)."""
+    stats = torch.tensor([IMAGENET_MEAN, IMAGENET_STD]).view(2, 1, 3, 1, 1) * 255
+    mean, std = stats.to(device)
+    return mean, std
