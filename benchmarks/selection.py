@@ -13,6 +13,7 @@ from freenet.device import configure_backends
 from freenet.heatmaps import argmax_keypoints, peak_values
 from freenet.joints import load_joint_set
 from freenet.pseudo_labels import select_targets
+from freenet.schedules import topk_rate
 
 
 def main():
@@ -37,16 +38,18 @@ def main():
     s_conf = peak_values(student)
     fb_coords, _ = argmax_keypoints(teacher_aug)
 
+    ramp = topk_rate(3000, 9000, 0.0)          # the keep ratio a third of the way down the ramp (§8)
+
     def selection():
         """Masks and maps of one step with feedback on, given the decoded peaks."""
-        return select_targets(coords, conf, groups, ratios, 3000, 9000, size, (s_conf, fb_coords))
+        return select_targets(coords, conf, groups, ratios, ramp, size, (s_conf, fb_coords))
 
     def with_decoding():
         """Everything between the forward passes and the losses: 3 argmax decodings + selection."""
         c, t_conf = argmax_keypoints(teacher)
         sc = peak_values(student)
         fc, _ = argmax_keypoints(teacher_aug)
-        return select_targets(c, t_conf, groups, ratios, 3000, 9000, size, (sc, fc))
+        return select_targets(c, t_conf, groups, ratios, ramp, size, (sc, fc))
 
     for name, fn in (("selection", selection), ("selection+decode", with_decoding)):
         t = time_it(fn, device, args.repeat, args.warmup)

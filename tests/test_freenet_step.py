@@ -13,6 +13,7 @@ from freenet.models import PoseHighResolutionNet
 from freenet.optim import make_optimized
 from freenet.profiling import dispatched_ops
 from freenet.pseudo_labels import select_targets
+from freenet.schedules import topk_rate
 
 JS = load_joint_set("ap10k")
 CPU = torch.device("cpu")
@@ -54,13 +55,13 @@ def test_step_updates_both_networks_and_returns_device_tensors():
 def test_student_loss_sends_no_gradient_to_the_teacher(monkeypatch):
     step = make_step()
     seen = {}
-    original = step.student.update
+    original = step.student.descend
 
     def spy(loss):
         original(loss)
         seen["teacher_grads"] = [p.grad for p in step.teacher.model.parameters()]
 
-    monkeypatch.setattr(step.student, "update", spy)
+    monkeypatch.setattr(step.student, "descend", spy)
     step(0, L, U)
     assert all(g is None for g in seen["teacher_grads"])
 
@@ -82,7 +83,7 @@ def test_pseudo_labels_are_rendered_where_the_mask_says():
     g = torch.Generator().manual_seed(0)
     t_u = torch.rand(6, 17, 16, 16, generator=g) * 0.15   # peaks below the 0.2 floor
     t_u[:3, :, 5, 7] = 0.9                   # confident peaks in half of the batch
-    maps, mask, fb_maps, fb_mask = step.targets(t_u, t_u, None, step=0)
+    maps, mask, fb_maps, fb_mask = step.targets(t_u, t_u, None, ramp=step.schedule(0)[0])
     assert fb_maps is None and fb_mask is None           # before feedback starts
     assert torch.equal(mask[:3], torch.ones(3, 17))
     rendered = maps.flatten(2).amax(-1) > 0
@@ -162,7 +163,7 @@ def test_selection_is_a_fixed_number_of_tensor_ops():
         coords = torch.rand(b, js.num_joints, 2, generator=g) * 16
         conf, s_conf = torch.rand(2, b, js.num_joints, generator=g)
         groups, ratios = [p.joints for p in js.part_groups], [p.min_ratio for p in js.part_groups]
-        run = partial(select_targets, coords, conf, groups, ratios, 3, 10, (16, 16), (s_conf, coords))
+        run = partial(select_targets, coords, conf, groups, ratios, topk_rate(3, 10, 0.0), (16, 16), (s_conf, coords))
         run()                                                   # the group layout is cached on first use
         ops = dispatched_ops(run)
         assert ops["aten._local_scalar_dense"] == 0

@@ -14,7 +14,7 @@ from freenet.joints import load_joint_set
 from freenet.models import PoseHighResolutionNet
 from freenet.optim import OptimizedModel
 from freenet.pseudo_labels import body_part_mask, feedback_mask
-from freenet.schedules import cosine_with_warmup
+from freenet.schedules import cosine_with_warmup, topk_rate
 
 U24 = load_joint_set("union24")
 GROUPS = [g.joints for g in U24.part_groups]
@@ -44,7 +44,7 @@ def test_selection_and_rendering_match_the_reference(seed, device):
     r_coords, r_conf = ref.argmax(t_maps)
     assert torch.equal(coords.cpu(), r_coords) and torch.equal(conf.cpu(), r_conf)
     for step in (0, 3000, 9000, 20000):
-        assert torch.equal(body_part_mask(conf, GROUPS, RATIOS, step, 9000).cpu(),
+        assert torch.equal(body_part_mask(conf, GROUPS, RATIOS, topk_rate(step, 9000, 0.0)).cpu(),
                            ref.body_part_mask(r_conf, GROUPS, RATIOS, step, 9000))
     _, s_conf = argmax_keypoints(s_maps.to(device))
     assert torch.equal(feedback_mask(conf, s_conf).cpu(), ref.feedback_mask(r_conf, s_conf.cpu()))

@@ -31,14 +31,19 @@ CONF = torch.tensor([[0.9, 0.5, 0.3, 0.99],
 GROUPS = [[0, 1], [2]]             # joint 3 belongs to no group
 
 
+def mask_at(conf, groups, ratios, step, rampdown_steps):
+    """body_part_mask at a step of the keep-ratio ramp (§7.1, §8)."""
+    return body_part_mask(conf, groups, ratios, topk_rate(step, rampdown_steps, 0.0))
+
+
 def test_body_part_mask_at_start_keeps_all_above_floor():
-    m = body_part_mask(CONF, GROUPS, [0.5, 0.4], step=0, rampdown_steps=100)
+    m = mask_at(CONF, GROUPS, [0.5, 0.4], 0, 100)
     # r = 1 -> rank n-1 = the lowest value; face threshold max(0.1, 0.2) = 0.2, back threshold 0.25
     assert m.tolist() == [[1, 1, 1, 0], [1, 0, 1, 0]]
 
 
 def test_body_part_mask_after_rampdown_and_ties():
-    m = body_part_mask(CONF, GROUPS, [0.5, 0.4], step=100, rampdown_steps=100)
+    m = mask_at(CONF, GROUPS, [0.5, 0.4], 100, 100)
     # face: sorted [0.9, 0.7, 0.5, 0.1], rank int(4 * 0.5) = 2 -> 0.5 (tie kept)
     # back: sorted [0.3, 0.25], rank int(2 * 0.4) = 0 -> 0.3
     assert m.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
@@ -46,9 +51,9 @@ def test_body_part_mask_after_rampdown_and_ties():
 
 def test_body_part_mask_floor_always_applies():
     low = torch.full((2, 3), 0.15)
-    assert body_part_mask(low, [[0, 1, 2]], [0.5], step=0, rampdown_steps=10).sum() == 0
+    assert mask_at(low, [[0, 1, 2]], [0.5], 0, 10).sum() == 0
     high = torch.full((2, 3), 0.2)
-    assert body_part_mask(high, [[0, 1, 2]], [0.5], step=0, rampdown_steps=10).sum() == 6
+    assert mask_at(high, [[0, 1, 2]], [0.5], 0, 10).sum() == 6
 
 
 def test_feedback_mask_band():
@@ -66,7 +71,7 @@ def test_feedback_mask_band():
 def test_selection_is_batched_over_the_whole_batch():
     """Thresholds pool every sample of the batch (not per sample)."""
     conf = torch.tensor([[0.9, 0.9], [0.3, 0.3]])
-    m = body_part_mask(conf, [[0, 1]], [0.25], step=10, rampdown_steps=10)
+    m = mask_at(conf, [[0, 1]], [0.25], 10, 10)
     assert m.tolist() == [[1, 1], [0, 0]]      # rank int(4 * 0.25) = 1 of [0.9, 0.9, 0.3, 0.3]
 
 
@@ -76,6 +81,6 @@ def test_body_part_mask_groups_of_different_sizes_and_ungrouped_joints():
                          [0.5, 0.4, 0.3, 0.25, 0.99]])
     # group A = joints 0-2 (n = 6, rate 0.5 -> rank 3 of [.9 .8 .7 .5 .4 .3] = 0.5);
     # group B = joint 3 (n = 2, rate 0.5 -> rank 1 of [.6 .25] = 0.25); joint 4 in no group
-    m = body_part_mask(conf, [[0, 1, 2], [3]], [0.5, 0.5], step=10, rampdown_steps=10)
+    m = mask_at(conf, [[0, 1, 2], [3]], [0.5, 0.5], 10, 10)
     assert m.tolist() == [[1, 1, 1, 1, 0], [1, 0, 0, 1, 0]]
-    assert body_part_mask(conf, [], [], step=0, rampdown_steps=10).sum() == 0
+    assert mask_at(conf, [], [], 0, 10).sum() == 0

@@ -20,7 +20,12 @@ class OptimizedModel:
     grad_clip: float = 1e9
 
     def update(self, loss: torch.Tensor) -> None:
-        """backward -> (all-reduce) -> unscale -> clip -> step -> scaler update -> LR step -> zero grads.
+        """:meth:`descend`, then one LR-schedule step."""
+        self.descend(loss)
+        self.scheduler.step()
+
+    def descend(self, loss: torch.Tensor) -> None:
+        """backward -> (all-reduce) -> unscale -> clip -> step -> scaler update -> zero grads.
 
         Nothing here reads a value back to the host, except the GradScaler's inf check when the
         optimizer cannot take the scale itself (fused AdamW can; see make_adamw).
@@ -31,17 +36,21 @@ class OptimizedModel:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        return float(self.optimizer.param_groups[0]["lr"])     # a device tensor under CUDA graphs
 
     def state_dict(self, prefix: str) -> dict:
+        # The same checkpoint with or without CUDA graphs, whose learning rates are device tensors.
+        optimizer, scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
+        for group in optimizer["param_groups"]:
+            group.update(lr=float(group["lr"]), capturable=False)
+        scheduler["_last_lr"] = [float(lr) for lr in scheduler["_last_lr"]]
         out = {f"{prefix}_model": distributed.unwrap(self.model).state_dict(),
-               f"{prefix}_optimizer": self.optimizer.state_dict(),
-               f"{prefix}_scheduler": self.scheduler.state_dict()}
+               f"{prefix}_optimizer": optimizer,
+               f"{prefix}_scheduler": scheduler}
         if self.scaler.is_enabled():
             out[f"{prefix}_scaler"] = self.scaler.state_dict()
         return out

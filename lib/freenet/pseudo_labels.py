@@ -12,7 +12,6 @@ from typing import NamedTuple, Sequence
 import torch
 
 from freenet.heatmaps import render_gaussians
-from freenet.schedules import topk_rate
 
 
 class UnlabeledTargets(NamedTuple):
@@ -25,16 +24,17 @@ class UnlabeledTargets(NamedTuple):
 
 
 def select_targets(coords: torch.Tensor, confidence: torch.Tensor, groups: Sequence[Sequence[int]],
-                   min_ratios: Sequence[float], step: int, rampdown_steps: int, heatmap_size: tuple[int, int],
+                   min_ratios: Sequence[float], ramp: float | torch.Tensor, heatmap_size: tuple[int, int],
                    feedback: tuple[torch.Tensor, torch.Tensor] | None = None) -> UnlabeledTargets:
     """Pseudo labels and, with ``feedback``, the feedback targets of one step, from decoded peaks.
 
     coords, confidence: the teacher's ori-view peaks (Bu, J, 2), (Bu, J) (§6.4).
+    ramp: the step's keep-ratio cosine ``topk_rate(step, rampdown_steps, 0.0)`` (see body_part_mask).
     feedback: (the student's aug-view confidences before its update (Bu, J), the teacher's
     aug-view peak coordinates (Bu, J, 2)) (§6.6, §7.2); None before feedback starts.
     Both sets of maps are rendered in one call: the rendering's kernels are launched once.
     """
-    mask = body_part_mask(confidence, groups, min_ratios, step, rampdown_steps)
+    mask = body_part_mask(confidence, groups, min_ratios, ramp)
     if feedback is None:
         return UnlabeledTargets(render_gaussians(coords, mask, heatmap_size), mask, None, None)
     student_conf, fb_coords = feedback
@@ -45,14 +45,16 @@ def select_targets(coords: torch.Tensor, confidence: torch.Tensor, groups: Seque
 
 
 def body_part_mask(confidence: torch.Tensor, groups: Sequence[Sequence[int]], min_ratios: Sequence[float],
-                   step: int, rampdown_steps: int, floor: float = 0.2) -> torch.Tensor:
+                   ramp: float | torch.Tensor, floor: float = 0.2) -> torch.Tensor:
     """Body-part-aware pseudo-label mask (SPEC §7.1).
 
     confidence (B, J) teacher peak values. For each group the threshold is the confidence at rank
     ``min(int(n·r), n−1)`` of the group's n = B·|g| values sorted descending, with
-    r = topk_rate(step, rampdown_steps, min_ratio), and never below ``floor``. A joint is kept
-    when its confidence is >= its group's threshold (ties kept). Joints in no group are never kept;
-    a joint listed in several groups follows the last. Returns a float mask (B, J) of 0/1.
+    r = topk_rate(step, rampdown_steps, min_ratio) = min(max(ramp, min_ratio), 1), and never below
+    ``floor``. ``ramp = topk_rate(step, rampdown_steps, 0.0)``: a number, or a 0-dim float64 tensor
+    on the device (a CUDA graph replays with a new value in it each step). A joint is kept when its
+    confidence is >= its group's threshold (ties kept). Joints in no group are never kept; a joint
+    listed in several groups follows the last. Returns a float mask (B, J) of 0/1.
 
     All groups at once, in a fixed number of kernels and with no host-device copy: the group
     layout lives on the device (cached per joint set and batch size), and the ranks are computed
@@ -66,9 +68,10 @@ def body_part_mask(confidence: torch.Tensor, groups: Sequence[Sequence[int]], mi
     conf = confidence.float()
     values = torch.where(layout.padded, layout.fill, conf.t()[layout.index])    # (G+1, max|g|, B)
     ordered = values.flatten(1).sort(dim=1, descending=True).values          # padding (-inf) sorts last
-    ramp = topk_rate(step, rampdown_steps, 0.0)                              # the cosine before the clamp
-    # int() of the non-negative float64 product truncates, as Python's int(n * r)
-    rank = torch.minimum((layout.sizes * layout.min_ratios.clamp(min=ramp, max=1.0)).long(), layout.last_rank)
+    # int() of the non-negative float64 product truncates, as Python's int(n * r). topk_rate's cap
+    # of r at 1 is the n − 1 minimum (r >= 1 gives n·r >= n). One bound only: clamp(min=t, max=1.0)
+    # would read a tensor t back to the host.
+    rank = torch.minimum((layout.sizes * layout.min_ratios.clamp(min=ramp)).long(), layout.last_rank)
     threshold = ordered.gather(1, rank[:, None])[:, 0].clamp(min=floor)      # (G+1,), +inf for no group
     return (conf >= threshold[layout.group_of]).float()
 
