@@ -5,6 +5,7 @@ Default: the paper's setting — HRNet-W32, 256-px crops, B = 8, mu = 7, fp16 AM
     python benchmarks/train_step.py                                   # paper setting, synthetic batches
     python benchmarks/train_step.py --width 8 --size 64 --batch 4 --mu 2 --device cpu
     python benchmarks/train_step.py --loader --data-root data_synth --workers 16
+    python benchmarks/train_step.py --cuda-graphs                     # the step replayed from a CUDA graph
 
 Prints JSON lines: steps/s and images/s of the whole step (in-memory batches), then the parts
 measured on their own with the same tensors — forward+backward of both networks, selection +
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from common import base_parser, count_ops, describe, emit, pick_device, sync, time_it
+from freenet.cuda_graphs import GraphedStep
 from freenet.device import autocast_dtype, configure_backends
 from freenet.freenet_step import FreeNetHyper, FreeNetStep
 from freenet.heatmaps import encode_keypoints
@@ -69,6 +71,7 @@ def main():
     p.add_argument("--amp-dtype", choices=("fp16", "bf16"), default="fp16")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--cuda-graphs", action="store_true", help="time the step replayed from a CUDA graph (CUDA)")
     p.add_argument("--loader", action="store_true", help="also time the real loaders (needs --data-root)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--workers", type=int, default=8)
@@ -82,7 +85,7 @@ def main():
     unlabeled = synthetic_batch(args.batch * args.mu, args.size, js.num_joints, False, 2)
     setting = {"width": args.width, "size": args.size, "batch": args.batch, "mu": args.mu, "joints": js.num_joints,
                "amp": str(amp).replace("torch.", "") if amp else "fp32", "channels_last": args.channels_last,
-               "compile": args.compile}
+               "compile": args.compile, "cuda_graphs": args.cuda_graphs}
     base = {"device": describe(device), **setting}
     if device.type == "cuda":
         labeled = {k: v.pin_memory() for k, v in labeled.items()}
@@ -90,14 +93,19 @@ def main():
         torch.cuda.reset_peak_memory_stats(device)
 
     counter = iter(range(10 ** 9))
-    t = time_it(lambda: step(next(counter), labeled, unlabeled), device, args.repeat, args.warmup)
+    run_step, warmup = step, args.warmup
+    if args.cuda_graphs:     # the eager warm-up steps and the recording come before the timed replays
+        run_step = GraphedStep(step, record=True)
+        warmup = max(warmup, run_step.warmup_steps + 2)
+    t = time_it(lambda: run_step(next(counter), labeled, unlabeled), device, args.repeat, warmup)
     images = args.batch * (1 + args.mu)
     record = {"benchmark": "train_step", **base, "steps_per_s": round(1 / t["median_s"], 3),
               "s_per_step": round(t["median_s"], 4), "images_per_s": round(images / t["median_s"], 1)}
     if device.type == "cuda":
         record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
     if not args.compile:   # the counting mode does not see inside a compiled model (it counted eager ops)
-        record["tensor_ops"] = count_ops(lambda: step(next(counter), labeled, unlabeled))
+        # with --cuda-graphs: what the host still issues per step (input copies, schedules, the replay)
+        record["tensor_ops"] = count_ops(lambda: run_step(next(counter), labeled, unlabeled))
     emit(record)
 
     # --- the parts, each on its own with the same tensors -----------------------------------------
@@ -120,7 +128,7 @@ def main():
         heat = teacher(x_ori).float()[args.batch:]
 
     def selection():
-        return step.targets(heat, heat, heat, 10 ** 4)
+        return step.targets(heat, heat, heat, step.schedule(10 ** 4)[0])
 
     def optimizers():
         for net in (step.teacher, step.student):
@@ -138,10 +146,10 @@ def main():
           **{f"{k}_s": round(v, 4) for k, v in parts.items()}})
 
     if args.loader:
-        emit({"benchmark": "train_step_loader", **base, **loader_wait(args, js, step, device)})
+        emit({"benchmark": "train_step_loader", **base, **loader_wait(args, js, run_step, device)})
     if args.profile and device.type == "cuda":
-        emit({"benchmark": "train_step_profile", **base, **profile(lambda: step(next(counter), labeled, unlabeled),
-                                                                     device)})
+        emit({"benchmark": "train_step_profile", **base,
+              **profile(lambda: run_step(next(counter), labeled, unlabeled), device)})
 
 
 def profile(run_step, device, steps: int = 5) -> dict:

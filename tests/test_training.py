@@ -140,6 +140,13 @@ def test_a_bad_override_is_one_line_naming_the_key(synthetic_root, tmp_path, ove
     assert last.startswith("error:") and named in last, last
 
 
+def test_cuda_graphs_without_cuda_is_one_line(synthetic_root, tmp_path):
+    proc = run_script("finetune.py", tiny_args(synthetic_root, tmp_path, extra=("--cuda-graphs", "--device", "cpu")))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --cuda-graphs needs one CUDA process")
+    assert not any(tmp_path.glob("ours_*"))                      # refused before anything was made
+
+
 def test_sigint_saves_and_the_run_resumes(synthetic_root, tmp_path):
     args = ["--level", "0", *tiny_args(synthetic_root, tmp_path, steps=100000, eval_step=100000, workers=1)]
     proc = subprocess.Popen([sys.executable, str(REPO / "train_split_ap10k.py"), *args], cwd=REPO,

@@ -17,6 +17,8 @@ import torch
 from freenet import distributed
 from freenet.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_model_weights
 from freenet.cli import add_run_args, run_main, setup_run
+from freenet.config import ConfigError
+from freenet.cuda_graphs import GraphedStep
 from freenet.data.dataset import KeypointDataset, stream_loader
 from freenet.data.settings import build_training_sets
 from freenet.data.transforms import AugmentConfig, TwoViewTransform
@@ -94,6 +96,8 @@ def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
     a("--channels-last", action=argparse.BooleanOptionalAction, default=True,
       help="NHWC activations (faster convolutions on CUDA and on the CPU)")
     a("--compile", action="store_true", help="torch.compile both networks (CUDA)")
+    a("--cuda-graphs", action="store_true",
+      help="record the whole step as a CUDA graph and replay it: one launch instead of ~14,000 (one CUDA process)")
     a("--sync-bn", action="store_true", help="SyncBatchNorm across ranks under torchrun (CUDA)")
     a("--pretrained-model-path", default="./pretrained_weights", help="folder of the initial weights")
     a("--pretrained-weights-name", default=d.pretrained_weights_name,
@@ -153,6 +157,9 @@ def train_freenet(args) -> dict:
     setup = setup_run(args)
     cfg, device, joint_set, amp_dtype = setup.cfg, setup.device, setup.joint_set, setup.amp_dtype
     channels_last = args.channels_last
+    if args.cuda_graphs and (args.compile or distributed.world_size() > 1 or device.type != "cuda"):
+        raise ConfigError(f"--cuda-graphs needs one CUDA process without --compile (here: {device}, "
+                          f"{distributed.world_size()} process(es), --compile {args.compile})")
 
     sets = build_training_sets(cfg.DATASET, joint_set, cfg.SEED)
     for note in sets.notes:
@@ -193,6 +200,8 @@ def train_freenet(args) -> dict:
         teacher.model, student.model = torch.compile(teacher_net), torch.compile(student_net)
     hyper = FreeNetHyper(args.down_step, args.feedback_steps_start, args.feedback_steps_complete, args.feedback_weight)
     step_fn = FreeNetStep(teacher, student, joint_set, hyper, device, amp_dtype, channels_last)
+    if args.cuda_graphs:
+        step_fn = GraphedStep(step_fn, record=True)
 
     if args.resume:
         run_dir = RunDir(Path(args.resume).parent)
