@@ -79,6 +79,8 @@ def main():
                    help="CUDA: GPU busy time and kernel launches per step, and the ops that take the GPU's time")
     args = p.parse_args()
     device = pick_device(args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        p.error(f"--cuda-graphs needs a CUDA device, not {device}")
     configure_backends(device)
     js, step, amp = build(args, device)
     labeled = synthetic_batch(args.batch, args.size, js.num_joints, True, 1)
@@ -95,7 +97,7 @@ def main():
     counter = iter(range(10 ** 9))
     run_step, warmup = step, args.warmup
     if args.cuda_graphs:     # the eager warm-up steps and the recording come before the timed replays
-        run_step = GraphedStep(step, record=True)
+        run_step = GraphedStep(step)
         warmup = max(warmup, run_step.warmup_steps + 2)
     t = time_it(lambda: run_step(next(counter), labeled, unlabeled), device, args.repeat, warmup)
     images = args.batch * (1 + args.mu)

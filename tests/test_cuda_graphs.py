@@ -126,7 +126,7 @@ def test_batches_of_another_shape_are_refused():
 
 def test_recording_needs_cuda():
     with pytest.raises(DeviceError, match="--cuda-graphs needs a CUDA device"):
-        GraphedStep(make_step(), record=True)
+        GraphedStep(make_step())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="recording needs CUDA")

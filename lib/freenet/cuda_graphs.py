@@ -32,10 +32,9 @@ class GraphedStep:
     The networks' optimisers and checkpoints may not be replaced once the first step has run.
     """
 
-    def __init__(self, step: FreeNetStep, warmup_steps: int = 3, record: bool | None = None):
-        self.step, self.device = step, step.device
-        self.record = self.device.type == "cuda" if record is None else record
-        if self.record and self.device.type != "cuda":
+    def __init__(self, step: FreeNetStep, warmup_steps: int = 3, record: bool = True):
+        self.step, self.device, self.record = step, step.device, record
+        if record and self.device.type != "cuda":
             raise DeviceError(f"--cuda-graphs needs a CUDA device, not {self.device}")
         self.warmup_steps = warmup_steps
         self.ramp = torch.zeros((), dtype=torch.float64, device=self.device)

@@ -77,7 +77,9 @@ class FreeNetStep:
                 feedback_factor(step, hp.feedback_start, hp.feedback_complete, hp.feedback_weight))
 
     def advance_schedules(self) -> None:
-        """One LR-schedule step for both networks (§8), after both updates."""
+        """One LR-schedule step for both networks (§8), after both updates. §6 steps the student's
+        scheduler before the teacher's update, which does not read the student's LR: the same
+        result, with the host-side schedules outside :meth:`run`."""
         self.student.scheduler.step()
         self.teacher.scheduler.step()
 

@@ -201,7 +201,7 @@ def train_freenet(args) -> dict:
     hyper = FreeNetHyper(args.down_step, args.feedback_steps_start, args.feedback_steps_complete, args.feedback_weight)
     step_fn = FreeNetStep(teacher, student, joint_set, hyper, device, amp_dtype, channels_last)
     if args.cuda_graphs:
-        step_fn = GraphedStep(step_fn, record=True)
+        step_fn = GraphedStep(step_fn)
 
     if args.resume:
         run_dir = RunDir(Path(args.resume).parent)
