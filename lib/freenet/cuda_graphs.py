@@ -46,7 +46,7 @@ class GraphedStep:
         self.eager_steps = 0
 
     def __call__(self, step: int, labeled: dict, unlabeled: dict | None) -> dict[str, torch.Tensor]:
-        if self.inputs is None:
+        if self.inputs is None:                # the first step: LRs onto the device, buffers made below
             self._lr_on_device()
         self._load(labeled, unlabeled)
         ramp, factor = self.step.schedule(step)
