@@ -97,7 +97,9 @@ class GraphedStep:
             if (batch is None) != (buffers is None):
                 raise ValueError(f"--cuda-graphs: the {name} batch {'is missing' if batch is None else 'appeared'} "
                                  f"at this step; every step needs the same batches")
-            for k in keys if batch is not None else ():
+            if batch is None:
+                continue
+            for k in keys:
                 if batch[k].shape != buffers[k].shape or batch[k].dtype != buffers[k].dtype:
                     raise ValueError(f"--cuda-graphs: {name} batch field {k!r} is {tuple(batch[k].shape)} "
                                      f"{batch[k].dtype}, the first was {tuple(buffers[k].shape)} {buffers[k].dtype}; "
