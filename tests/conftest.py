@@ -16,6 +16,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def one_thread():
+    """Bit-for-bit comparisons: one intra-op thread, so no reduction order depends on scheduling."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A tiny synthetic data root (SPEC §3.1 layout, three joint definitions, split files)."""

@@ -37,15 +37,6 @@ def state(net: OptimizedModel) -> dict:
     return {**net.model.state_dict(), "lr": torch.tensor(net.lr)}
 
 
-@pytest.fixture
-def one_thread():
-    """Bit-for-bit comparisons: one intra-op thread, so no reduction order depends on scheduling."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def test_replayable_step_equals_the_eager_step(one_thread):
     """Six steps across the feedback start (another phase), the warm-up, the LR warm-up and the
     keep-ratio ramp: outputs, weights, BatchNorm statistics and learning rates all equal the eager

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import random_batch
+from freenet.device import autocast_cache_keeps_gradients
 from freenet.freenet_step import FreeNetHyper, FreeNetStep
 from freenet.heatmaps import argmax_keypoints
 from freenet.joints import load_joint_set
@@ -137,6 +138,66 @@ def test_mixed_precision_path_on_the_cpu():
     assert torch.isfinite(out["s_loss"]) and torch.isfinite(out["t_loss"]) and out["t_loss"].dtype == torch.float32
     assert changed(t0, step.teacher.model) and changed(s0, step.student.model)
     assert all(p.dtype == torch.float32 for p in step.student.model.parameters())    # master weights stay fp32
+
+
+def mixed_precision_step(feedback_start):
+    torch.manual_seed(0)
+    nets = [PoseHighResolutionNet(17, width=8) for _ in range(2)]
+    opt = [make_optimized(n, 1e-3, 1e-4, 0, 100, 0, 1e9, CPU, amp_fp16=True) for n in nets]
+    return FreeNetStep(opt[0], opt[1], JS, FreeNetHyper(down_step=10, feedback_start=feedback_start,
+                                                       feedback_complete=10), CPU, autocast_dtype=torch.bfloat16)
+
+
+def spy_gradients(monkeypatch, step) -> dict:
+    """{network: [gradient of each parameter]} as the step's backward left them (before unscaling)."""
+    seen = {}
+    for name, net in (("teacher", step.teacher), ("student", step.student)):
+        def spy(optimizer, name=name, net=net, unscale=net.scaler.unscale_):
+            seen[name] = [None if p.grad is None else p.grad.clone() for p in net.model.parameters()]
+            unscale(optimizer)
+
+        monkeypatch.setattr(net.scaler, "unscale_", spy)
+    return seen
+
+
+def test_under_autocast_every_weight_of_both_networks_gets_its_gradient(monkeypatch):
+    """Before feedback both networks run a no-grad forward (§6.2 student, §6.3 teacher's aug view) in
+    the autocast region of their forwards with gradients. Where PyTorch's autocast cache keeps no
+    gradient history for casts made under no_grad, every conv weight then silently got no gradient;
+    there the step turns the cache off. Either way each parameter must receive a nonzero gradient."""
+    step = mixed_precision_step(feedback_start=5)
+    assert step.autocast_cache == autocast_cache_keeps_gradients("cpu", torch.bfloat16)
+    grads = spy_gradients(monkeypatch, step)
+    step(1, L, U)
+    for name in ("teacher", "student"):
+        assert all(g is not None and g.any() for g in grads[name]), name
+
+
+def test_autocast_without_its_cache_gives_the_same_step(one_thread):
+    """The fallback for PyTorch releases that lose gradients through the cache changes no number
+    before feedback (two steps: losses, weights, BatchNorm statistics)."""
+    cached, uncached = mixed_precision_step(feedback_start=5), mixed_precision_step(feedback_start=5)
+    uncached.autocast_cache = False
+    for i in range(1, 3):
+        a, b = cached(i, L, U), uncached(i, L, U)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("teacher", "student"):
+        x, y = (getattr(s, name).model.state_dict() for s in (cached, uncached))
+        assert all(torch.equal(x[k], y[k]) for k in x), name
+
+
+def test_autocast_without_its_cache_with_feedback_differs_by_rounding(monkeypatch, one_thread):
+    """With feedback on, the teacher's two forwards with gradients share one cached cast, whose
+    gradient is summed in bf16; without the cache each reaches the fp32 weight on its own and is
+    summed in fp32. The student's gradients are the same."""
+    steps = mixed_precision_step(feedback_start=1), mixed_precision_step(feedback_start=1)
+    steps[1].autocast_cache = False
+    (cached, uncached) = (spy_gradients(monkeypatch, s) for s in steps)
+    for s in steps:
+        s(1, L, U)
+    assert all(torch.equal(a, b) for a, b in zip(cached["student"], uncached["student"]))
+    errors = torch.stack([(a - b).norm() / b.norm() for a, b in zip(cached["teacher"], uncached["teacher"])])
+    assert 0 < errors.max() < 2 ** -7                  # bf16 keeps 8 significant bits
 
 
 # ---------------------------------------------------------------- the hot path's shape (no host reads, no loops)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 
 import torch
@@ -39,6 +40,26 @@ def autocast_dtype(device: torch.device, amp: bool, dtype: str = "fp16") -> torc
     if dtype not in AMP_DTYPES:
         raise ValueError(f"unknown AMP dtype {dtype!r} (expected one of {', '.join(AMP_DTYPES)})")
     return AMP_DTYPES[dtype]
+
+
+@functools.lru_cache(maxsize=None)
+def autocast_cache_keeps_gradients(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether one autocast region may hold both no-grad and gradient forwards of a network (§8).
+
+    Inside an autocast region each fp32 weight is cast once and the cast reused. Older PyTorch
+    releases (fixed in late 2025, pytorch/pytorch#142234 and #158232) cached a cast made under
+    ``no_grad`` without its autograd history, so a later forward with gradients in the same region
+    reused it and the weights behind it silently received no gradient. The FreeNet step has exactly
+    that pattern (§6.2's no-grad student pass, then the student's forward with gradients), so on such
+    a release it runs autocast without the cache (:class:`FreeNetStep.autocast`). Checked once per
+    device type and dtype, with a 2x2 linear layer.
+    """
+    layer = torch.nn.Linear(2, 2, device=device_type)
+    x = torch.ones(1, 2, device=device_type)
+    with torch.autocast(device_type, dtype=dtype):
+        with torch.no_grad():
+            layer(x)
+        return layer(x).requires_grad
 
 
 def configure_backends(device: torch.device, cudnn_benchmark: bool = True) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from freenet.data.transforms import normalize_images
+from freenet.device import autocast_cache_keeps_gradients
 from freenet.heatmaps import argmax_keypoints, peak_values
 from freenet.joints import JointSet
 from freenet.losses import weighted_heatmap_mse
@@ -48,11 +49,15 @@ class FreeNetStep:
         for g, joints in enumerate(joint_set.logging_groups.values()):
             self.logging_matrix[g, list(joints)] = 1.0
         self.autocast_dtype = autocast_dtype
+        self.autocast_cache = autocast_dtype is not None and autocast_cache_keeps_gradients(device.type, autocast_dtype)
 
     def autocast(self):
+        """One region holds no-grad and gradient forwards of the same network; its weight-cast cache
+        is used only where PyTorch keeps the casts' gradient history (see
+        :func:`~freenet.device.autocast_cache_keeps_gradients`)."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=self.autocast_cache)
 
     def loss(self, pred, target, mask):
         return weighted_heatmap_mse(pred, target, mask, self.weights)
