@@ -1,14 +1,18 @@
 """PoseHighResolutionNet layout, forward, init and ImageNet backbone loading (SPEC §13, §12)."""
 from __future__ import annotations
 
+import copy
 import json
+import types
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
-from freenet.models import PoseHighResolutionNet, count_parameters, load_imagenet_backbone
-from freenet.models.hrnet import BACKBONE_PREFIXES
+from freenet.models import PoseHighResolutionNet, count_parameters, load_imagenet_backbone, to_sync_batchnorm
+from freenet.models.hrnet import BACKBONE_PREFIXES, BatchNorm2d
+from freenet.profiling import dispatched_ops
 
 SPEC_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "hrnet_w32_state_dict.json"
 
@@ -111,6 +115,52 @@ def test_channels_last_and_autocast_match_float32():
     assert torch.allclose(y_cl, ref, rtol=0, atol=1e-4 * scale)
     assert y_amp.dtype == torch.bfloat16
     assert torch.allclose(y_amp.float(), ref, rtol=0, atol=0.05 * scale)
+
+
+def _with_torch_batch_norms(model: PoseHighResolutionNet) -> PoseHighResolutionNet:
+    """A copy whose BatchNorms run ``nn.BatchNorm2d.forward`` (each counts its own batches) and
+    whose network counts none: the reference for the network-wide count."""
+    reference = copy.deepcopy(model)
+    for m in reference.modules():
+        if isinstance(m, BatchNorm2d):
+            m.forward = types.MethodType(nn.BatchNorm2d.forward, m)
+    reference._counted_norms = ()
+    return reference
+
+
+def test_batch_norm_counts_advance_once_per_training_forward_like_torch():
+    model = _model()
+    reference = _with_torch_batch_norms(model)
+    for net in (model, reference):      # 3 training forwards (one with a backward), one in eval mode
+        torch.manual_seed(3)
+        with torch.no_grad():
+            net(torch.randn(2, 3, 64, 64))
+            net(torch.randn(2, 3, 64, 64))
+        net(torch.randn(2, 3, 64, 64)).square().mean().backward()
+        with torch.no_grad():
+            net.eval()(torch.randn(2, 3, 64, 64))
+    ours, theirs = model.state_dict(), reference.state_dict()
+    counts = [v for k, v in ours.items() if k.endswith("num_batches_tracked")]
+    assert len(counts) == 292 and all(int(c) == 3 for c in counts)     # HRNet has 292 BatchNorm layers
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)                   # running statistics too
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(model.parameters(), reference.parameters()))
+
+
+def test_a_training_forward_counts_batches_with_one_op():
+    model = _model()
+    ops = dispatched_ops(lambda: model(torch.randn(1, 3, 64, 64)))
+    assert ops["aten._foreach_add_"] == 1 and ops["aten.add_"] == 0
+    assert ops["aten.native_batch_norm"] == len(model._counted_norms)
+
+
+def test_counts_survive_a_device_or_format_change_and_sync_batchnorm():
+    model = _model().to(memory_format=torch.channels_last).to(torch.float64)   # buffers replaced
+    model(torch.randn(1, 3, 64, 64, dtype=torch.float64))
+    assert all(int(m.num_batches_tracked) == 1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    synced = to_sync_batchnorm(model)   # outside torchrun SyncBatchNorm normalises like BatchNorm2d
+    assert synced._counted_norms == () and any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
+    synced(torch.randn(2, 3, 64, 64, dtype=torch.float64))
+    assert all(int(m.num_batches_tracked) == 2 for m in synced.modules() if isinstance(m, nn.BatchNorm2d))
 
 
 def test_state_dict_round_trip_strict():

@@ -25,7 +25,7 @@ from freenet.data.transforms import AugmentConfig, TwoViewTransform
 from freenet.engine import LoopConfig, RunDir, TrainState, restore, train_loop
 from freenet.freenet_step import FreeNetHyper, FreeNetStep
 from freenet.joints import JointSet
-from freenet.models import PoseHighResolutionNet
+from freenet.models import PoseHighResolutionNet, to_sync_batchnorm
 from freenet.optim import make_optimized
 
 log = logging.getLogger("freenet")
@@ -184,7 +184,7 @@ def train_freenet(args) -> dict:
             log.warning("no --pretrained-weights-name: the base network starts from random weights")
         load_student_init(student_net, weights_dir / args.student_weights)
     if args.sync_bn and distributed.is_enabled():
-        teacher_net, student_net = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(n) for n in (teacher_net, student_net))
+        teacher_net, student_net = (to_sync_batchnorm(n) for n in (teacher_net, student_net))
     for net in (teacher_net, student_net):
         net.to(device)
         if channels_last:

@@ -21,6 +21,7 @@ import os
 from typing import Mapping, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from freenet.checkpoint import CheckpointError
@@ -33,8 +34,23 @@ BACKBONE_PREFIXES = (
 )
 
 
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, momentum=BN_MOMENTUM)
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose batch count its network advances (SPEC §13).
+
+    Same parameters, buffers, outputs and running statistics. The only difference: in training
+    mode ``nn.BatchNorm2d`` adds 1 to its ``num_batches_tracked`` itself, one tiny kernel per layer
+    and forward pass — 292 per HRNet forward, ~1,460 of a FreeNet step's ~14,000 launches, for a
+    number that only matters with ``momentum=None``. :class:`PoseHighResolutionNet` adds 1 to all
+    its layers' counts at once in its forward instead.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                            self.momentum, self.eps)
+
+
+def _bn(channels: int) -> BatchNorm2d:
+    return BatchNorm2d(channels, momentum=BN_MOMENTUM)
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -195,6 +211,13 @@ class PoseHighResolutionNet(nn.Module):
 
         self.final_layer = nn.Conv2d(width, num_joints, 1)
         self.init_weights()
+        self.find_batch_norms()
+
+    def find_batch_norms(self) -> None:
+        """The layers whose batch count :meth:`forward` advances: the network's own
+        :class:`BatchNorm2d` (``nn.SyncBatchNorm`` counts its own). Called again by
+        :func:`to_sync_batchnorm` after layers are replaced."""
+        self._counted_norms = tuple(m for m in self.modules() if isinstance(m, BatchNorm2d))
 
     def init_weights(self) -> None:
         """Official HRNet pose init: conv N(0, 0.001), zero conv biases, BN weight 1 / bias 0."""
@@ -210,6 +233,10 @@ class PoseHighResolutionNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] % 32 or x.shape[-1] % 32:
             raise ValueError(f"input height and width must be multiples of 32, got {tuple(x.shape)}")
+        if self.training:       # what every nn.BatchNorm2d would do on its own (see BatchNorm2d)
+            counts = [m.num_batches_tracked for m in self._counted_norms]
+            if counts:
+                torch._foreach_add_(counts, 1)
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
         x = self.layer1(x)  # (B, 256, H/4, W/4)
@@ -223,6 +250,13 @@ class PoseHighResolutionNet(nn.Module):
             # The new branch grows out of the lowest-resolution one: min() picks it for the last index.
             xs = stage([t(xs[min(i, len(xs) - 1)]) for i, t in enumerate(transition)])
         return self.final_layer(xs[0])  # (B, J, H/4, W/4)
+
+
+def to_sync_batchnorm(model: PoseHighResolutionNet) -> PoseHighResolutionNet:
+    """``--sync-bn``: the network with ``nn.SyncBatchNorm`` layers (batch statistics over all ranks)."""
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.find_batch_norms()
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
