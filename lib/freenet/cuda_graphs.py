@@ -1,6 +1,6 @@
 """The FreeNet step recorded once as a CUDA graph and replayed (``--cuda-graphs``).
 
-The eager step is limited by the host: ~14,000 kernel launches (five HRNet forward passes, three
+The eager step is limited by the host: over 12,000 kernel launches (five HRNet forward passes, three
 backward passes, selection, two fused AdamW updates), each issued by Python and the dispatcher,
 take longer than the GPU needs to run them. A graph replays them all with one launch.
 

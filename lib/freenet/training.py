@@ -97,7 +97,7 @@ def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
       help="NHWC activations (faster convolutions on CUDA and on the CPU)")
     a("--compile", action="store_true", help="torch.compile both networks (CUDA)")
     a("--cuda-graphs", action="store_true",
-      help="record the whole step as a CUDA graph and replay it: one launch instead of ~14,000 (one CUDA process)")
+      help="record the whole step as a CUDA graph and replay it: one launch instead of over 12,000 (one CUDA process)")
     a("--sync-bn", action="store_true", help="SyncBatchNorm across ranks under torchrun (CUDA)")
     a("--pretrained-model-path", default="./pretrained_weights", help="folder of the initial weights")
     a("--pretrained-weights-name", default=d.pretrained_weights_name,
