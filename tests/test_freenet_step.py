@@ -173,6 +173,12 @@ def test_under_autocast_every_weight_of_both_networks_gets_its_gradient(monkeypa
         assert all(g is not None and g.any() for g in grads[name]), name
 
 
+def test_the_autocast_cache_check_ignores_the_callers_grad_mode():
+    expected = autocast_cache_keeps_gradients.__wrapped__("cpu", torch.bfloat16)
+    with torch.no_grad():
+        assert autocast_cache_keeps_gradients.__wrapped__("cpu", torch.bfloat16) == expected
+
+
 def test_autocast_without_its_cache_gives_the_same_step(one_thread):
     """The fallback for PyTorch releases that lose gradients through the cache changes no number
     before feedback (two steps: losses, weights, BatchNorm statistics)."""

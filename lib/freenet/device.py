@@ -51,12 +51,12 @@ def autocast_cache_keeps_gradients(device_type: str, dtype: torch.dtype) -> bool
     ``no_grad`` without its autograd history, so a later forward with gradients in the same region
     reused it and the weights behind it silently received no gradient. The FreeNet step has exactly
     that pattern (§6.2's no-grad student pass, then the student's forward with gradients), so on such
-    a release it runs autocast without the cache (:class:`FreeNetStep.autocast`). Checked once per
-    device type and dtype, with a 2x2 linear layer.
+    a release it runs autocast without the cache (``FreeNetStep.autocast``). Checked once per device
+    type and dtype, with a 2x2 linear layer (gradients on, whatever the caller's grad mode).
     """
     layer = torch.nn.Linear(2, 2, device=device_type)
     x = torch.ones(1, 2, device=device_type)
-    with torch.autocast(device_type, dtype=dtype):
+    with torch.enable_grad(), torch.autocast(device_type, dtype=dtype):
         with torch.no_grad():
             layer(x)
         return layer(x).requires_grad
