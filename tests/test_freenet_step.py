@@ -123,14 +123,20 @@ def test_labeled_only_ablation_has_no_pseudo_labels_or_feedback():
         assert torch.allclose(p, q, atol=1e-7)
 
 
-def test_mixed_precision_path_on_the_cpu():
-    """The autocast + GradScaler machinery of CUDA training, exercised on the CPU with bf16."""
+def mixed_precision_step(feedback_start, channels_last=False):
+    """Both networks under bf16 autocast with enabled GradScalers: CUDA's AMP machinery on the CPU."""
     torch.manual_seed(0)
     nets = [PoseHighResolutionNet(17, width=8) for _ in range(2)]
     opt = [make_optimized(n, 1e-3, 1e-4, 0, 100, 0, 1e9, CPU, amp_fp16=True) for n in nets]
-    assert all(o.scaler.is_enabled() for o in opt)
-    step = FreeNetStep(opt[0], opt[1], JS, FreeNetHyper(down_step=10, feedback_start=0, feedback_complete=10), CPU,
-                       autocast_dtype=torch.bfloat16, channels_last=True)
+    return FreeNetStep(opt[0], opt[1], JS, FreeNetHyper(down_step=10, feedback_start=feedback_start,
+                                                       feedback_complete=10), CPU, autocast_dtype=torch.bfloat16,
+                       channels_last=channels_last)
+
+
+def test_mixed_precision_path_on_the_cpu():
+    """The autocast + GradScaler machinery of CUDA training, exercised on the CPU with bf16."""
+    step = mixed_precision_step(feedback_start=0, channels_last=True)
+    assert all(o.scaler.is_enabled() for o in (step.teacher, step.student))
     t0, s0 = params(step.teacher.model), params(step.student.model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert step.teacher.model(step.views(L, U, "ori")).dtype == torch.bfloat16
@@ -138,14 +144,6 @@ def test_mixed_precision_path_on_the_cpu():
     assert torch.isfinite(out["s_loss"]) and torch.isfinite(out["t_loss"]) and out["t_loss"].dtype == torch.float32
     assert changed(t0, step.teacher.model) and changed(s0, step.student.model)
     assert all(p.dtype == torch.float32 for p in step.student.model.parameters())    # master weights stay fp32
-
-
-def mixed_precision_step(feedback_start):
-    torch.manual_seed(0)
-    nets = [PoseHighResolutionNet(17, width=8) for _ in range(2)]
-    opt = [make_optimized(n, 1e-3, 1e-4, 0, 100, 0, 1e9, CPU, amp_fp16=True) for n in nets]
-    return FreeNetStep(opt[0], opt[1], JS, FreeNetHyper(down_step=10, feedback_start=feedback_start,
-                                                       feedback_complete=10), CPU, autocast_dtype=torch.bfloat16)
 
 
 def spy_gradients(monkeypatch, step) -> dict:
