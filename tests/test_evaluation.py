@@ -29,7 +29,7 @@ from freenet.evaluation import (METRIC_KEYS, EvalSettings, Evaluator, box_centre
                                 crop_matrices, decode_heatmaps, eval_records, flip_back, format_metrics_table,
                                 gt_heatmap_peaks, heatmap_to_image, instance_scores, keypoint_oks, oks_nms, pck,
                                 val_data, warp_crop)
-from freenet.heatmaps import render_gaussians
+from freenet.heatmaps import encode_keypoints, render_gaussians
 from freenet.joints import JointSetError, load_joint_set
 from freenet.models import PoseHighResolutionNet
 
@@ -166,13 +166,16 @@ def test_pck_counts_strictly_within_3_2_heatmap_px_and_pools_over_the_set():
 def test_gt_heatmap_peaks_follow_the_encoding_and_drop_off_map_joints():
     # 200·s = 256 px: the crop is the image around the centre at scale 1.
     centres, scales = np.array([[100.0, 100.0]]), np.array([1.28])
-    kps = np.array([[[100.0, 100.0], [100.0 - 128 - 30, 101.0], [100.0 - 128 - 40, 100.0], [110.0, 90.0]]])
+    kps = np.array([[[100.0, 100.0], [100.0 - 128 - 26, 101.0], [100.0 - 128 - 30, 100.0], [110.0, 90.0]]])
     vis = np.array([[2.0, 1.0, 2.0, 0.0]])
     peaks, valid = gt_heatmap_peaks(kps, vis, centres, scales, 256, 64)
-    # u = 128 -> cell 32; u = -30 -> int(-7.0) = -7, window reaches column 0 -> peak clipped to 0;
-    # u = -40 -> cell -9, window ends at -2: off the map; joint 3 not annotated.
+    # u = 128 -> cell 32; u = -26 -> int(-6.0) = -6, window reaches column 0 -> peak clipped to 0;
+    # u = -30 -> cell -7, window ends at -1: off the map; joint 3 not annotated.
     assert peaks[0, 0].tolist() == [32, 32] and peaks[0, 1].tolist() == [0, 32]
     assert valid[0].tolist() == [True, True, False, False]
+    # the same rule as the training encoding (§5.1)
+    crop = kps[0, :3] - 100.0 + 128
+    assert encode_keypoints(crop, vis[0, :3])[1].tolist() == [1.0, 1.0, 0.0]
 
 
 def test_empty_and_scoreless_results_give_zero_metrics():

@@ -29,19 +29,20 @@ def test_encode_hand_values():
 
 
 def test_encode_border_and_invisible():
-    kps = np.array([[-28.0, 5.0],   # centre x = int(-7 + .5) = -6 (toward zero): touches column 0
-                    [-30.0, 5.0],   # centre x = -7: window ends before column 0, still "valid" (original)
-                    [-34.0, 5.0],   # centre x = -8: br = -1 < 0 -> not valid
+    kps = np.array([[-28.0, 5.0],   # centre x = int(-7 + .5) = -6 (toward zero): br = 0, touches column 0
+                    [-30.0, 5.0],   # centre x = -7: window -13..-1, br = -1 < 0 -> not valid
+                    [5.0, -30.0],   # the same in y
                     [276.0, 5.0],   # centre x = 69: ul = 63 -> touches the last column
                     [278.0, 5.0],   # centre x = 70: ul = 64 > 63 -> not valid
                     [40.0, 40.0]])  # invisible
     vis = np.array([1, 1, 1, 1, 1, 0], dtype=np.float32)
     hm, valid = encode_keypoints(kps, vis)
-    assert valid.tolist() == [1, 1, 0, 1, 0, 0]
+    assert valid.tolist() == [1, 0, 0, 1, 0, 0]
     assert hm[0, 1, 0] == pytest.approx(g(36)) and hm[0, 1, 1] == 0.0
-    assert hm[1].sum() == 0.0
     assert hm[3, 1, 63] == pytest.approx(g(36))
-    assert hm[2].sum() == hm[4].sum() == hm[5].sum() == 0.0
+    assert hm[1].sum() == hm[2].sum() == hm[4].sum() == hm[5].sum() == 0.0
+    # a valid joint always has its window's border row or column on the map
+    assert all(hm[j].max() > 0 for j in np.flatnonzero(valid))
 
 
 def test_encode_half_visibility_threshold():

@@ -45,7 +45,7 @@ from freenet.data.dataset import read_image
 from freenet.data.transforms import normalize_images
 from freenet.config import configured_joint_set
 from freenet.errors import DataError, EvaluationError, from_worker
-from freenet.heatmaps import argmax_keypoints, refine_quarter_offset
+from freenet.heatmaps import argmax_keypoints, refine_quarter_offset, window_on_map
 from freenet.joints import JointSet, load_joint_set
 
 log = logging.getLogger(__name__)
@@ -417,7 +417,7 @@ def gt_heatmap_peaks(keypoints: np.ndarray, visibility: np.ndarray, centres: np.
     crop = input_size / 2 + (keypoints.astype(np.float64) - centres[:, None, :]) * k  # (N, J, 2)
     cell = np.trunc(crop / (input_size / heatmap_size) + 0.5).astype(np.int64)
     radius = int(3 * sigma)
-    touches = ((cell - radius <= heatmap_size - 1) & (cell + radius + 1 >= 0)).all(-1)
+    touches = window_on_map(cell, radius, (heatmap_size, heatmap_size))
     return np.clip(cell, 0, heatmap_size - 1), (visibility > 0) & touches
 
 

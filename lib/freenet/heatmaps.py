@@ -27,10 +27,9 @@ def encode_keypoints(keypoints: np.ndarray, visibility: np.ndarray, heatmap_size
     radius = int(3 * sigma)
     kp = np.asarray(keypoints, dtype=np.float64)
     # int() truncates toward zero, also for negative coordinates — keep that, it decides validity.
-    cx = np.trunc(kp[:, 0] / stride + 0.5).astype(np.int64)  # (J,)
-    cy = np.trunc(kp[:, 1] / stride + 0.5).astype(np.int64)
-    outside = (cx - radius > width - 1) | (cy - radius > height - 1) | (cx + radius + 1 < 0) | (cy + radius + 1 < 0)
-    valid = (np.asarray(visibility) >= 0.5) & ~outside  # (J,)
+    cells = np.trunc(kp / stride + 0.5).astype(np.int64)  # (J, 2)
+    cx, cy = cells[:, 0], cells[:, 1]
+    valid = (np.asarray(visibility) >= 0.5) & window_on_map(cells, radius, heatmap_size)  # (J,)
 
     dx = np.arange(width)[None, :] - cx[:, None]   # (J, W)
     dy = np.arange(height)[None, :] - cy[:, None]  # (J, H)
@@ -38,6 +37,16 @@ def encode_keypoints(keypoints: np.ndarray, visibility: np.ndarray, heatmap_size
     gy = np.exp(-(dy ** 2) / (2 * sigma ** 2)) * (np.abs(dy) <= radius)
     heatmaps = gy[:, :, None] * gx[:, None, :] * valid[:, None, None]  # (J, H, W)
     return heatmaps.astype(np.float32), valid.astype(np.float32)
+
+
+def window_on_map(cells: np.ndarray, radius: int, heatmap_size: tuple[int, int]) -> np.ndarray:
+    """Whether the (2·radius+1)² window about each integer cell overlaps the map (SPEC §5.1).
+
+    cells (..., 2) integer (x, y); the window spans cell − radius .. cell + radius, so it is off the
+    map when ul > size − 1 or br = cell + radius < 0. Returns (...) bool.
+    """
+    size = np.asarray(heatmap_size)
+    return ((cells - radius <= size - 1) & (cells + radius >= 0)).all(-1)
 
 
 def render_gaussians(coords: torch.Tensor, mask: torch.Tensor, heatmap_size: tuple[int, int] = (64, 64),
