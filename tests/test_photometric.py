@@ -178,9 +178,9 @@ def test_blur_kernel_and_constant_and_mean():
     # each pass has variance 9 / 3 = 3
     np.testing.assert_allclose(kernel * (5 + 2 * 5 / 12), [5 / 12, 1, 1, 1, 1, 1, 5 / 12])
     np.testing.assert_allclose((kernel * np.arange(-3, 4) ** 2).sum(), 3.0)
-    np.testing.assert_array_equal(OPS["Blur"](constant(77, 32, 32), None), constant(77, 32, 32))
+    np.testing.assert_array_equal(P.blur(constant(77, 32, 32), None, 3.0), constant(77, 32, 32))
     img = random_image(64, 64)
-    out = OPS["Blur"](img, None)
+    out = P.blur(img, None, 3.0)
     assert abs(out.mean() - img.mean()) < 0.5
     assert out.std() < img.std() / 4  # sigma 3 averages ~ 4 pi sigma^2 ~ 110 iid pixels: std / ~10
 
@@ -188,11 +188,19 @@ def test_blur_kernel_and_constant_and_mean():
 def test_blur_is_separable_and_symmetric():
     img = np.zeros((41, 41, 3), np.uint8)
     img[20, 20] = 255
-    out = OPS["Blur"](img, None)[..., 0].astype(int)
+    out = P.blur(img, None, 3.0)[..., 0].astype(int)
     # mirror-symmetric about both axes (not transpose-symmetric: each pass rounds, rows first, as in PIL)
     np.testing.assert_array_equal(out, out[::-1])
     np.testing.assert_array_equal(out, out[:, ::-1])
     assert out[20, 20] == out.max() and out[20, 29] <= 1 and out[20, 30] == 0  # support +-9
+
+
+def test_pool_blur_scales_with_the_crop():
+    # SPEC: pixel constants scale with the input size S — sigma 3 on a 256 crop, 0.75 on a 64 crop
+    big, small = random_image(256, 256), random_image(64, 64)
+    np.testing.assert_array_equal(OPS["Blur"](big, None), P.blur(big, None, 3.0))
+    np.testing.assert_array_equal(OPS["Blur"](small, None), P.blur(small, None, 0.75))
+    assert (P.blur(small, None, 0.75) != P.blur(small, None, 3.0)).mean() > 0.5
 
 
 def test_cutout_more_scripted_squares():
@@ -250,7 +258,7 @@ PIL_REFERENCE = [
     ("Posterize", lambda im, m: m.ImageOps.posterize(im, 8), 0),
     ("Sharpness", lambda im, m: m.ImageEnhance.Sharpness(im).enhance(0.95), 2),
     ("Solarize", lambda im, m: m.ImageOps.solarize(im, -1), 0),
-    ("Blur", lambda im, m: im.filter(m.ImageFilter.GaussianBlur(3)), 1),
+    ("Blur", lambda im, m: im.filter(m.ImageFilter.GaussianBlur(3 * min(im.size) / 256)), 1),  # 3 at 256 px
 ]
 
 
@@ -289,7 +297,8 @@ def test_ops_match_pil_real_image(shared_data):
 
 def test_magnitude_table():
     assert P.magnitudes(10) == {"enhance_factor": pytest.approx(0.95), "posterize_bits": 8,
-                                "solarize_threshold": -1, "cutout_ratio": pytest.approx(0.05), "blur_sigma": 3.0}
+                                "solarize_threshold": -1, "cutout_ratio": pytest.approx(0.05),
+                                "blur_ratio": 3 / 256}
     low = P.magnitudes(0)
     assert low["enhance_factor"] == pytest.approx(0.05) and low["solarize_threshold"] == 255
     img = random_image()

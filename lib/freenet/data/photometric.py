@@ -17,7 +17,7 @@ Magnitude m -> op parameter (``t = m / 10``; the pool of the FreeNet release)::
     Posterize              bits kept         8 - round(4 t) + 4, capped at 8  8  (no-op for every m)
     Solarize               threshold         255 - int(256 t)                -1  (invert every pixel)
     CutoutMore             side / min(H, W)  0.05 t                          0.05 (256 crop: side 12, 13 px drawn)
-    Blur                   Gaussian sigma    3 if m > 0 else 0               3
+    Blur                   sigma / min(H, W) 3/256 if m > 0 else 0         3/256 (256 crop: sigma 3; 64: 0.75)
     AutoContrast, Equalize, Identity take no magnitude.
 
 Known differences from PIL (SPEC §4 asks for the same ops, not identical pixels):
@@ -66,7 +66,8 @@ def magnitudes(m: float = MAX_MAGNITUDE) -> dict[str, float]:
         "posterize_bits": 8,
         "solarize_threshold": 255 - int(256 * t),
         "cutout_ratio": 0.05 * t,
-        "blur_sigma": 3.0 if m > 0 else 0.0,
+        # SPEC §4's radius 3 is a pixel constant of the 256 crop: it scales with the input size
+        "blur_ratio": 3.0 / 256 if m > 0 else 0.0,
     }
 
 
@@ -234,6 +235,11 @@ def blur(img: np.ndarray, rng: Optional[np.random.Generator] = None, sigma: floa
     return out
 
 
+def blur_relative(img: np.ndarray, rng: Optional[np.random.Generator] = None, ratio: float = 3.0 / 256) -> np.ndarray:
+    """:func:`blur` with sigma = ``ratio`` · min(H, W): 3 on a 256 crop, 0.75 on a 64 crop."""
+    return blur(img, rng, sigma=ratio * min(img.shape[:2]))
+
+
 def photometric_ops(m: float = MAX_MAGNITUDE) -> tuple[tuple[str, Op], ...]:
     """The 11-op pool of SPEC §4 at magnitude ``m``, as (name, fn) pairs in the SPEC's order."""
     p = magnitudes(m)
@@ -248,7 +254,7 @@ def photometric_ops(m: float = MAX_MAGNITUDE) -> tuple[tuple[str, Op], ...]:
         ("Sharpness", partial(sharpness, factor=p["enhance_factor"])),
         ("Solarize", partial(solarize, threshold=p["solarize_threshold"])),
         ("CutoutMore", partial(cutout_more, ratio=p["cutout_ratio"])),
-        ("Blur", partial(blur, sigma=p["blur_sigma"])),
+        ("Blur", partial(blur_relative, ratio=p["blur_ratio"])),
     )
 
 
