@@ -94,3 +94,59 @@ def test_cuda_requested_without_cuda_is_a_one_line_error(synthetic_root, tmp_pat
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CUDA is not available" in err[0]
+
+
+@pytest.mark.slow
+def test_interrupt_inside_an_epoch_resumes_where_it_stopped(synthetic_root, tmp_path, monkeypatch):
+    import freenet.supervised as sup
+
+    def args(out, *extra):
+        return ["--cfg", "experiments/ap10k/freenet_split.yaml", "--level", "0", "--data-root", str(synthetic_root),
+                "--output-dir", str(out), "--epochs", "2", "--batch-size", "4", "--workers", "0", *extra, *TINY_MODEL]
+
+    assert supervised_main(args(tmp_path / "straight")) == 0
+
+    class CtrlC:  # Ctrl-C arrives during the third iteration of the first epoch
+        requested = False
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    calls = []
+    loss = sup.weighted_heatmap_mse
+
+    def counting_loss(*a):
+        calls.append(1)
+        CtrlC.requested = len(calls) == 3
+        return loss(*a)
+
+    monkeypatch.setattr(sup, "Interrupt", CtrlC)
+    monkeypatch.setattr(sup, "weighted_heatmap_mse", counting_loss)
+    assert supervised_main(args(tmp_path / "halves")) == 0
+    monkeypatch.undo()
+    run = next((tmp_path / "halves").iterdir())
+    stopped = torch.load(run / "checkpoint.pth", weights_only=False)
+    assert (stopped["epoch"], stopped["iteration"]) == (0, 3)
+    assert not (run / "metrics.jsonl").exists()                 # an unfinished epoch is not evaluated
+    assert supervised_main(["--resume", str(run / "checkpoint.pth"), "--workers", "0"]) == 0
+
+    a = torch.load(next((tmp_path / "straight").iterdir()) / "checkpoint.pth", weights_only=False)
+    b = torch.load(run / "checkpoint.pth", weights_only=False)
+    assert a["iteration"] == b["iteration"] and a["scheduler"] == b["scheduler"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    lines = [(d / "metrics.jsonl").read_text() for d in (next((tmp_path / "straight").iterdir()), run)]
+    assert lines[0] == lines[1]                                  # same losses and scores per epoch
+
+
+def test_resume_from_another_kind_of_checkpoint_is_one_line(synthetic_root, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    torch.save({"step": 3, "teacher_model": {}}, tmp_path / "run" / "checkpoint.pth")
+    code = supervised_main(["--cfg", "experiments/ap10k/freenet_split.yaml", "--level", "0",
+                            "--data-root", str(synthetic_root), "--resume", str(tmp_path / "run" / "checkpoint.pth"),
+                            "--workers", "0", *TINY_MODEL])
+    assert code == 1
+    assert "checkpoint.pth: not a train_supervised.py checkpoint: no 'model'" in capsys.readouterr().err

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -23,6 +25,15 @@ USER_ERRORS = (DataError, CheckpointError, ConfigError, JointSetError, Evaluatio
                FileNotFoundError)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each flag's default, except where there is none (None, or a switch that is off)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_run_args(p: argparse.ArgumentParser, cfg: str, *, needs_level=False, has_split_file=False,
                  sample_ratio: float | None = None) -> None:
     """Flags every training script has (SPEC §10), the setting flags, and trailing KEY VALUE overrides."""
@@ -30,17 +41,18 @@ def add_run_args(p: argparse.ArgumentParser, cfg: str, *, needs_level=False, has
     a("--cfg", default=cfg, help="experiment yaml (data, joint set, model, evaluation)")
     a("--name", default="ours", help="run name: the run directory is <output-dir>/<name>_<date_time>")
     a("--data-root", default=None, help="data root (layout: README, Data); default: DATASET.ROOT of the yaml")
-    a("--output-dir", default="./experiment")
-    a("--resume", default=None, help="checkpoint.pth of a run to continue")
+    a("--output-dir", default="./experiment", help="parent folder of the run directories")
+    a("--resume", default=None, help="RUN/checkpoint.pth: continue that run with its own flags and config "
+                                      "(RUN/args.json, RUN/config.yaml); flags given again win")
     a("--workers", type=int, default=8, help="data-loader processes (0 = load in the main process)")
-    a("--seed", type=int, default=2)
+    a("--seed", type=int, default=2, help="seed of the weights' init, the labeled subset and the data stream")
     a("--keypoints-path", default=None, help="joint-set name or JSON file; default: DATASET.JOINTS of the yaml")
     a("--num-joints", type=int, default=None, help="must match the joint set (17, 21 or 24)")
-    a("--device", default=None, help="auto, cpu, cuda, cuda:N (default: DEVICE of the yaml)")
+    a("--device", default=None, help="auto, cpu, cuda, cuda:N; default: DEVICE of the yaml")
     a("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
-    a("--amp-dtype", choices=("fp16", "bf16"), default="fp16")
-    if needs_level:
-        a("--level", type=int, required=True, choices=(0, 1), help="0: 5 shared joints, 1: 9 shared joints")
+    a("--amp-dtype", choices=("fp16", "bf16"), default="fp16", help="autocast dtype of --amp")
+    if needs_level:  # required, but a --resume reads it from the run (see parse_run_args)
+        a("--level", type=int, default=None, choices=(0, 1), help="0: 5 shared joints, 1: 9 shared joints (required)")
     if needs_level or has_split_file:
         a("--anns-info-path", default=None, help="split file; default: DATASET.SPLIT_FILE of the yaml")
     if sample_ratio is not None:
@@ -60,11 +72,68 @@ def config_from_args(args):
             opts += [key, str(value)]
     cfg = load_config(args.cfg, opts + list(args.opts or []))
     level = getattr(args, "level", None)
+    if level is None and "{level}" in cfg.DATASET.SPLIT_FILE:
+        raise ConfigError(f"{args.cfg}: DATASET.SPLIT_FILE {cfg.DATASET.SPLIT_FILE} needs --level 0 or 1")
     if level is not None and "{level}" in cfg.DATASET.SPLIT_FILE:
         cfg.defrost()
         cfg.DATASET.SPLIT_FILE = cfg.DATASET.SPLIT_FILE.format(level=level)
         cfg.freeze()
     return cfg
+
+
+# Flags that say how a run executes, not what it computes: a --resume takes them from its own
+# command line. Every other flag comes from the run's args.json unless given again.
+EXECUTION_FLAGS = frozenset({"resume", "workers", "device", "stop_step", "start_step", "compile", "cuda_graphs",
+                             "channels_last", "sync_bn", "data_root", "output_dir", "name", "cfg", "opts"})
+_NOT_GIVEN = object()
+
+
+def given_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The dests the command line sets (defaults excluded; trailing overrides count when present)."""
+    probe = argparse.Namespace(**{dest: _NOT_GIVEN for dest in vars(parser.parse_args(argv))})
+    parser.parse_args(argv, namespace=probe)  # argparse fills in defaults only where an attribute is missing
+    return {dest for dest, value in vars(probe).items() if value is not _NOT_GIVEN and value != []}
+
+
+def parse_run_args(parser: argparse.ArgumentParser, argv=None,
+                   required: tuple[str, ...] = ()) -> tuple[argparse.Namespace, list[str]]:
+    """Parse a training command line. With ``--resume RUN/checkpoint.pth`` the run continues with its
+    own settings (SPEC §9: a resumed run equals an uninterrupted one): every flag not given again comes
+    from ``RUN/args.json``, the config from ``RUN/config.yaml``, and the trailing overrides add to the
+    run's. Returns the arguments and warnings for the log (flags given with other values than the run's).
+    """
+    args = parser.parse_args(argv)
+    notes = []
+    if args.resume:
+        run = Path(args.resume).parent
+        saved_file = run / "args.json"
+        if saved_file.is_file():
+            try:
+                saved = json.loads(saved_file.read_text())
+            except (OSError, ValueError) as e:
+                raise DataError(saved_file, f"cannot read the run's arguments ({e})") from e
+            given = given_flags(parser, argv)
+            merged = vars(args)
+            for dest, value in saved.items():
+                if dest not in merged or dest in EXECUTION_FLAGS:
+                    continue
+                if dest not in given:
+                    merged[dest] = value
+                elif json.dumps(merged[dest], default=str) != json.dumps(value, default=str):
+                    notes.append(f"{dest} {merged[dest]} (the run used {value})")
+            merged["opts"] = list(saved.get("opts") or []) + list(args.opts or [])
+            if "cfg" not in given:
+                merged["cfg"] = str(run / "config.yaml") if (run / "config.yaml").is_file() else saved.get("cfg", args.cfg)
+            args = argparse.Namespace(**merged)
+            if notes:
+                notes = ["--resume with other settings than the run: " + ", ".join(notes) +
+                         "; the result will differ from an uninterrupted run"]
+        else:
+            notes.append(f"{saved_file} not found: the run continues with this command line's settings")
+    missing = [dest for dest in required if getattr(args, dest, None) is None]
+    if missing:
+        parser.error("the following arguments are required: " + ", ".join(f"--{d.replace('_', '-')}" for d in missing))
+    return args, notes
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from freenet import distributed
-from freenet.checkpoint import atomic_save, load_checkpoint
+from freenet.checkpoint import atomic_save, check_compatible, load_checkpoint
 from freenet.config import REPO_ROOT
 from freenet.errors import DataError, from_worker
 from freenet.fileio import write_json_atomic
@@ -58,6 +58,9 @@ class TrainState:
     step: int = -1           # last finished step
     best_oks: float = -1.0   # below any score: the first evaluation always writes best-*.pth
     best_pck: float = -1.0
+    # losses summed since the last evaluation (its logged means), kept across a resume
+    window: dict[str, torch.Tensor] = field(default_factory=dict)
+    window_steps: int = 0
 
 
 class RunDir:
@@ -127,7 +130,9 @@ def checkpoint_state(state: TrainState, teacher: OptimizedModel, student: Optimi
                      extra: dict) -> dict:
     """Everything ``--resume`` needs, with the SPEC §9 key names."""
     return {**teacher.state_dict("teacher"), **student.state_dict("student"), "step": state.step,
-            "epoch": state.step // eval_step, "best_oks": state.best_oks, "best_pck": state.best_pck, **extra}
+            "epoch": state.step // eval_step, "best_oks": state.best_oks, "best_pck": state.best_pck,
+            "loss_window": {k: v.detach().cpu() for k, v in state.window.items()},
+            "loss_window_steps": state.window_steps, **extra}
 
 
 def restore(path: str, teacher: OptimizedModel, student: OptimizedModel) -> TrainState:
@@ -136,9 +141,13 @@ def restore(path: str, teacher: OptimizedModel, student: OptimizedModel) -> Trai
         if key not in ckpt:
             raise DataError(path, f"not a FreeNet training checkpoint: no '{key}' (to initialise the networks "
                                   f"from weights use --pretrained-weights-name / --student-weights)")
-    teacher.load_state_dict(ckpt, "teacher")
-    student.load_state_dict(ckpt, "student")
-    state = TrainState(step=ckpt["step"], best_oks=ckpt.get("best_oks", -1.0), best_pck=ckpt.get("best_pck", -1.0))
+    for name, net in (("teacher", teacher), ("student", student)):
+        check_compatible(distributed.unwrap(net.model), ckpt[f"{name}_model"], f"{path} ({name}_model)")
+        net.load_state_dict(ckpt, name)
+    device = next(teacher.model.parameters()).device
+    state = TrainState(step=ckpt["step"], best_oks=ckpt.get("best_oks", -1.0), best_pck=ckpt.get("best_pck", -1.0),
+                       window={k: v.to(device) for k, v in ckpt.get("loss_window", {}).items()},
+                       window_steps=ckpt.get("loss_window_steps", 0))
     # checkpoint.pth is written before each evaluation (SPEC §9), so the best scores found by that
     # evaluation live in best.json beside it.
     best_file = Path(path).parent / "best.json"
@@ -191,8 +200,6 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
     recorder = Recorder(run)
     extra = checkpoint_extra or {}
     start = state.step + 1
-    window: dict[str, torch.Tensor] = {}
-    window_steps = 0
     bar = tqdm(total=loop.total_steps, initial=start, dynamic_ncols=True, disable=not distributed.is_main(),
                desc="FreeNet")
     tic = time.perf_counter()
@@ -201,23 +208,24 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
             for step in range(start, min(loop.total_steps, loop.stop_step or loop.total_steps)):
                 batch_l, batch_u = _next_batches(labeled, unlabeled)
                 out = step_fn(step, batch_l, batch_u)
+                window = state.window
                 for k, v in out.items():
                     window[k] = window[k] + v if k in window else v.clone()
-                window_steps += 1
+                state.window_steps += 1
                 state.step = step
                 bar.update(1)
                 if (step + 1) % loop.log_every == 0 or step == start:
-                    means = _window_means(window, window_steps)  # the one device sync per log_every steps
+                    means = _window_means(window, state.window_steps)  # the one device sync per log_every steps
                     dt = (time.perf_counter() - tic) / max(1, step + 1 - start)
                     bar.set_postfix_str(f"S_LR {student.lr:.2e} T_LR {teacher.lr:.2e} {dt:.2f}s/it "
                                         f"S_Loss {means['s_loss']:.5f} T_Loss {means['t_loss']:.5f}")
                 if loop.is_eval_step(step):
-                    train = _window_means(window, window_steps)
+                    train = _window_means(window, state.window_steps)
+                    state.window, state.window_steps = {}, 0
                     _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, train, extra)
-                    window, window_steps = {}, 0
                 if interrupt.requested:
                     _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
-                    tqdm.write(f"Stopped after step {step}. Resume with --resume {run / 'checkpoint.pth'}")
+                    tqdm.write(f"Stopped after step {step}. {resume_hint(run)}")
                     break
             else:
                 if state.step >= start and not loop.is_eval_step(state.step):
@@ -227,6 +235,11 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
         bar.close()
         recorder.close()
     return state
+
+
+def resume_hint(run: RunDir) -> str:
+    return (f"Resume with --resume {run / 'checkpoint.pth'} (the run's flags and config are read from "
+            f"{run / 'args.json'} and config.yaml)")
 
 
 def _window_means(window: dict[str, torch.Tensor], steps: int) -> dict[str, float]:

@@ -19,12 +19,12 @@ import torch
 from tqdm import tqdm
 
 from freenet import distributed
-from freenet.checkpoint import atomic_save, load_checkpoint
-from freenet.cli import add_run_args, run_main, setup_run
+from freenet.checkpoint import CheckpointError, atomic_save, check_compatible, load_checkpoint
+from freenet.cli import HelpFormatter, add_run_args, parse_run_args, run_main, setup_run
 from freenet.data.dataset import KeypointDataset, stream_loader
 from freenet.data.settings import build_training_sets
 from freenet.data.transforms import TwoViewTransform, normalize_images
-from freenet.engine import Interrupt, Recorder, RunDir
+from freenet.engine import Interrupt, Recorder, RunDir, resume_hint
 from freenet.losses import weighted_heatmap_mse
 from freenet.models import load_imagenet_backbone
 from freenet.optim import OptimizedModel
@@ -34,7 +34,7 @@ log = logging.getLogger("freenet")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     a = p.add_argument
     a("--epochs", type=int, default=None, help="default: TRAIN.END_EPOCH of the yaml")
     a("--batch-size", type=int, default=None, help="default: TRAIN.BATCH_SIZE_PER_GPU of the yaml")
@@ -52,8 +52,11 @@ def multistep(iteration: int, iters_per_epoch: int, milestones, factor: float) -
     return factor ** bisect.bisect_right(list(milestones), iteration // iters_per_epoch)
 
 
-def train_supervised(args) -> dict:
+def train_supervised(args, notes: list[str] = ()) -> dict:
+    """Supervised training from parsed flags; ``notes``: warnings of :func:`~freenet.cli.parse_run_args`."""
     setup = setup_run(args)
+    for note in notes:
+        log.warning(note)
     cfg, device, joint_set, amp_dtype = setup.cfg, setup.device, setup.joint_set, setup.amp_dtype
     epochs = args.epochs or cfg.TRAIN.END_EPOCH
     batch_size = args.batch_size or cfg.TRAIN.BATCH_SIZE_PER_GPU
@@ -78,15 +81,20 @@ def train_supervised(args) -> dict:
                          torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16))
     weights = torch.tensor(joint_set.loss_weights, device=device)
 
-    start_epoch, best_ap = 0, -1.0
+    iteration, partial_loss, best_ap = 0, 0.0, -1.0   # iterations done; loss summed over the unfinished epoch
     if args.resume:
         ckpt = load_checkpoint(args.resume)
+        for key in ("model", "optimizer", "scheduler", "epoch", "best_ap"):
+            if key not in ckpt:
+                raise CheckpointError(f"{args.resume}: not a train_supervised.py checkpoint: no '{key}'")
+        check_compatible(model, ckpt["model"], args.resume)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         net.scheduler.load_state_dict(ckpt["scheduler"])
         if "scaler" in ckpt and net.scaler.is_enabled():
             net.scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best_ap = ckpt["epoch"] + 1, ckpt["best_ap"]
+        iteration = ckpt.get("iteration", (ckpt["epoch"] + 1) * iters_per_epoch)
+        partial_loss, best_ap = ckpt.get("partial_loss", 0.0), ckpt["best_ap"]
         run = RunDir(Path(args.resume).parent)
     else:
         run = RunDir.create(args.output_dir, args.name, cfg.dump(), vars(args))
@@ -94,16 +102,17 @@ def train_supervised(args) -> dict:
 
     transform = TwoViewTransform(joint_set, augment_config(cfg), with_aug=False)
     loader = iter(stream_loader(KeypointDataset(records, transform, cfg.SEED, stream=2), batch_size,
-                                start_epoch * iters_per_epoch, cfg.WORKERS, device.type == "cuda",
+                                iteration, cfg.WORKERS, device.type == "cuda",
                                 distributed.rank(), distributed.world_size()))
     recorder = Recorder(run)
     summary = {"best_ap": best_ap, "run_dir": str(run.path)}
     with Interrupt() as interrupt:
-        for epoch in range(start_epoch, epochs):
+        while iteration < epochs * iters_per_epoch:
+            epoch, done = divmod(iteration, iters_per_epoch)   # a resume may start inside an epoch
             model.train()
-            total = torch.zeros((), device=device)
-            for _ in tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                          disable=not distributed.is_main()):
+            total = torch.full((), partial_loss, device=device)
+            for _ in tqdm(range(done, iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                          initial=done, total=iters_per_epoch, disable=not distributed.is_main()):
                 batch = next(loader)
                 x = normalize_images(batch["ori"].to(device, non_blocking=True))
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -111,11 +120,14 @@ def train_supervised(args) -> dict:
                 loss = weighted_heatmap_mse(out, batch["target"].to(device), batch["target_weight"].to(device), weights)
                 net.update(loss)
                 total += loss.detach()
+                iteration += 1
                 if interrupt.requested:
                     break
+            finished = iteration % iters_per_epoch == 0
+            partial_loss = 0.0 if finished else float(total)
             train_loss = float(total) / iters_per_epoch
-            last = epoch == epochs - 1 or interrupt.requested
-            if distributed.is_main() and ((epoch + 1) % args.eval_every == 0 or last):
+            last = epoch == epochs - 1
+            if distributed.is_main() and finished and ((epoch + 1) % args.eval_every == 0 or last):
                 model.eval()
                 metrics = evaluate(model)
                 recorder.scalars("Train_Loss", {"Loss": train_loss}, epoch)
@@ -132,11 +144,12 @@ def train_supervised(args) -> dict:
             if distributed.is_main():
                 atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": net.scheduler.state_dict(), "scaler": net.scaler.state_dict(),
-                             "epoch": epoch, "best_ap": best_ap, "joint_set": joint_set.name,
+                             "epoch": epoch, "iteration": iteration, "partial_loss": partial_loss,
+                             "best_ap": best_ap, "joint_set": joint_set.name,
                              "num_joints": joint_set.num_joints, "width": cfg.MODEL.WIDTH}, run / "checkpoint.pth")
             distributed.barrier()
             if interrupt.requested:
-                tqdm.write(f"Stopped in epoch {epoch}. Resume with --resume {run / 'checkpoint.pth'}")
+                tqdm.write(f"Stopped in epoch {epoch + 1} after iteration {iteration}. {resume_hint(run)}")
                 break
     recorder.close()
     if args.save_as and distributed.is_main() and (run / "best.pth").exists():
@@ -148,5 +161,5 @@ def train_supervised(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_main(lambda: train_supervised(args))
+    parser = build_parser()
+    return run_main(lambda: train_supervised(*parse_run_args(parser, argv)))

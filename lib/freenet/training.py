@@ -16,7 +16,7 @@ import torch
 
 from freenet import distributed
 from freenet.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_model_weights
-from freenet.cli import add_run_args, run_main, setup_run
+from freenet.cli import HelpFormatter, add_run_args, parse_run_args, run_main, setup_run
 from freenet.config import ConfigError
 from freenet.cuda_graphs import GraphedStep
 from freenet.data.dataset import KeypointDataset, stream_loader
@@ -71,26 +71,26 @@ SCRIPTS = {
 
 
 def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=d.description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = argparse.ArgumentParser(description=d.description, formatter_class=HelpFormatter,
                                 epilog="Trailing KEY VALUE pairs override the yaml, e.g. MODEL.WIDTH 8 "
                                        "MODEL.IMAGE_SIZE [64,64] MODEL.HEATMAP_SIZE [16,16]")
     a = p.add_argument
-    a("--total-steps", type=int, default=120000)
+    a("--total-steps", type=int, default=120000, help="length of the run and of the LR schedule")
     a("--eval-step", type=int, default=5, help="evaluate and checkpoint every N steps")
     a("--start-step", type=int, default=0, help="first step of a fresh run (schedules and data start there)")
     a("--stop-step", type=int, default=None,
       help="save and stop before this step, keeping the --total-steps schedule (e.g. a job's time limit); "
            "continue later with --resume")
-    a("--warmup-steps", type=int, default=900)
-    a("--student-wait-steps", type=int, default=0)
+    a("--warmup-steps", type=int, default=900, help="linear LR warmup of both networks")
+    a("--student-wait-steps", type=int, default=0, help="steps with the student's LR at 0 before its warmup")
     a("--down-step", type=int, default=9000, help="steps over which the pseudo-label keep ratio ramps down")
-    a("--feedback-steps-start", type=int, default=3000)
-    a("--feedback-steps-complete", type=int, default=6000)
-    a("--feedback-weight", type=float, default=2.0)
-    a("--teacher_lr", type=float, default=1e-5)
-    a("--student_lr", type=float, default=1e-3)
-    a("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4)
-    a("--grad-clip", type=float, default=1e9)
+    a("--feedback-steps-start", type=int, default=3000, help="first step with the feedback term in the teacher's loss")
+    a("--feedback-steps-complete", type=int, default=6000, help="step at which the feedback factor reaches its weight")
+    a("--feedback-weight", type=float, default=2.0, help="final factor of the feedback term")
+    a("--teacher_lr", type=float, default=1e-5, help="AdamW learning rate of the teacher (base network)")
+    a("--student_lr", type=float, default=1e-3, help="AdamW learning rate of the student (adaptation network)")
+    a("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4, help="AdamW weight decay")
+    a("--grad-clip", type=float, default=1e9, help="gradient-norm clip of both networks")
     a("--batch-size", type=int, default=d.batch_size, help="labeled batch size B")
     a("--mu", type=int, default=1, help="unlabeled batch = B * mu (0: labeled-only ablation, no pseudo labels)")
     a("--channels-last", action=argparse.BooleanOptionalAction, default=True,
@@ -149,12 +149,15 @@ def build_evaluator(cfg, joint_set: JointSet, device: torch.device):
 def run(script: str | ScriptDefaults, argv=None) -> int:
     """Parse, build and train (``script``: a key of :data:`SCRIPTS`). Returns the process exit code."""
     defaults = SCRIPTS[script] if isinstance(script, str) else script
-    args = build_parser(defaults).parse_args(argv)
-    return run_main(lambda: train_freenet(args))
+    parser = build_parser(defaults)
+    return run_main(lambda: train_freenet(*parse_run_args(parser, argv, ("level",) if defaults.needs_level else ())))
 
 
-def train_freenet(args) -> dict:
+def train_freenet(args, notes: list[str] = ()) -> dict:
+    """A FreeNet run from parsed flags; ``notes``: warnings of :func:`~freenet.cli.parse_run_args`."""
     setup = setup_run(args)
+    for note in notes:
+        log.warning(note)
     cfg, device, joint_set, amp_dtype = setup.cfg, setup.device, setup.joint_set, setup.amp_dtype
     channels_last = args.channels_last
     if args.cuda_graphs and (args.compile or distributed.world_size() > 1 or device.type != "cuda"):
@@ -164,6 +167,9 @@ def train_freenet(args) -> dict:
     sets = build_training_sets(cfg.DATASET, joint_set, cfg.SEED)
     for note in sets.notes:
         log.info(note)
+    if args.mu > 0 and not sets.unlabeled:
+        raise ConfigError(f"no unlabeled training records for --mu {args.mu} (use --mu 0 for labeled-only training): "
+                          + "; ".join(sets.notes))
     evaluate = build_evaluator(cfg, joint_set, device) if distributed.is_main() else None  # rank 0 evaluates
 
     torch.manual_seed(cfg.SEED)

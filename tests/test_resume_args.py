@@ -1,0 +1,113 @@
+"""--resume continues a run with its own settings (SPEC §9); checkpoints that do not fit fail in one line."""
+import json
+import os
+
+import pytest
+import torch
+
+from freenet.checkpoint import CheckpointError
+from freenet.cli import parse_run_args
+from freenet.engine import TrainState, checkpoint_state, restore
+from freenet.fileio import write_text_atomic
+from freenet.models import PoseHighResolutionNet
+from freenet.optim import make_optimized
+from freenet.supervised import build_parser as supervised_parser
+from freenet.training import SCRIPTS, build_parser
+
+
+def saved_run(tmp_path, argv, parser):
+    """A run folder as RunDir.create leaves it: args.json of ``argv`` and a config.yaml."""
+    run = tmp_path / "ours_run"
+    run.mkdir()
+    (run / "args.json").write_text(json.dumps(vars(parser.parse_args(argv)), default=str))
+    (run / "config.yaml").write_text("SEED: 2\n")
+    return run
+
+
+def test_resume_takes_the_runs_flags_unless_given_again(tmp_path):
+    parser = build_parser(SCRIPTS["train_split_ap10k"])
+    run = saved_run(tmp_path, ["--level", "1", "--total-steps", "6", "--batch-size", "2", "--mu", "3",
+                               "--student_lr", "0.5", "--stop-step", "3", "--workers", "4", "MODEL.WIDTH", "8"], parser)
+    args, notes = parse_run_args(parser, ["--resume", str(run / "checkpoint.pth"), "--mu", "3", "--workers", "0",
+                                          "DATASET.ROOT", "/data"])
+    assert (args.level, args.total_steps, args.batch_size, args.mu, args.student_lr) == (1, 6, 2, 3, 0.5)
+    assert args.stop_step is None and args.workers == 0        # how to execute: this command line's
+    assert args.cfg == str(run / "config.yaml")
+    assert args.opts == ["MODEL.WIDTH", "8", "DATASET.ROOT", "/data"]  # the run's overrides, then these
+    assert notes == []
+
+
+def test_resume_with_other_settings_warns(tmp_path):
+    parser = build_parser(SCRIPTS["train_ap10k_animalpose"])
+    run = saved_run(tmp_path, ["--total-steps", "6"], parser)
+    args, notes = parse_run_args(parser, ["--resume", str(run / "checkpoint.pth"), "--total-steps", "9"])
+    assert args.total_steps == 9
+    assert len(notes) == 1 and "total_steps 9 (the run used 6)" in notes[0]
+
+
+def test_resume_without_args_json_keeps_the_command_line(tmp_path):
+    parser = build_parser(SCRIPTS["finetune"])
+    args, notes = parse_run_args(parser, ["--resume", str(tmp_path / "checkpoint.pth"), "--total-steps", "7"])
+    assert args.total_steps == 7 and args.mu == 1
+    assert len(notes) == 1 and "args.json not found" in notes[0]
+
+
+def test_level_is_required_unless_the_run_has_it(tmp_path, capsys):
+    parser = build_parser(SCRIPTS["train_split_ap10k"])
+    with pytest.raises(SystemExit):
+        parse_run_args(parser, ["--total-steps", "3"], ("level",))
+    assert "--level" in capsys.readouterr().err
+    run = saved_run(tmp_path, ["--level", "0"], parser)
+    args, _ = parse_run_args(parser, ["--resume", str(run / "checkpoint.pth")], ("level",))
+    assert args.level == 0
+
+
+def test_a_corrupt_args_json_names_the_file(tmp_path):
+    parser = supervised_parser()
+    (tmp_path / "args.json").write_text("{not json")
+    with pytest.raises(ValueError, match="args.json"):
+        parse_run_args(parser, ["--resume", str(tmp_path / "checkpoint.pth")])
+
+
+def test_restore_refuses_another_width_in_one_line(tmp_path):
+    def pair(width):
+        nets = [PoseHighResolutionNet(17, width=width) for _ in range(2)]
+        return [make_optimized(n, 1e-3, 1e-4, 1, 10, 0, 1e9, torch.device("cpu"), False) for n in nets]
+
+    teacher, student = pair(8)
+    path = tmp_path / "checkpoint.pth"
+    torch.save(checkpoint_state(TrainState(step=3), teacher, student, 2, {}), path)
+    with pytest.raises(CheckpointError) as err:
+        restore(str(path), *pair(16))
+    message = str(err.value)
+    assert str(path) in message and "teacher_model" in message and "MODEL.WIDTH" in message
+    assert "\n" not in message
+
+
+def test_resume_restores_the_loss_window(tmp_path):
+    nets = [make_optimized(PoseHighResolutionNet(17, width=8), 1e-3, 1e-4, 1, 10, 0, 1e9, torch.device("cpu"), False)
+            for _ in range(2)]
+    state = TrainState(step=4, window={"s_loss": torch.tensor(1.5), "t_loss": torch.tensor(2.5)}, window_steps=3)
+    torch.save(checkpoint_state(state, *nets, 2, {}), tmp_path / "checkpoint.pth")
+    back = restore(str(tmp_path / "checkpoint.pth"), *nets)
+    assert back.step == 4 and back.window_steps == 3
+    assert {k: float(v) for k, v in back.window.items()} == {"s_loss": 1.5, "t_loss": 2.5}
+
+
+def test_atomic_files_get_the_normal_mode(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "best.json", "{}")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "best.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_split_yaml_without_level_asks_for_it():
+    from freenet.cli import config_from_args
+    from freenet.config import ConfigError
+
+    args = supervised_parser().parse_args(["--cfg", "experiments/ap10k/freenet_split.yaml"])
+    with pytest.raises(ConfigError, match=r"freenet_split.yaml: DATASET.SPLIT_FILE .*level_\{level\}.json needs --level"):
+        config_from_args(args)
+    assert config_from_args(supervised_parser().parse_args(["--level", "1"])).DATASET.SPLIT_FILE.endswith("level_1.json")
