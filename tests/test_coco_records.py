@@ -222,6 +222,13 @@ def test_keypoint_count_mismatch(ap10k_sample):
         load_coco_records(root / "test_ap10k.json", root, load_joint_set("animalpose"))
 
 
+def test_missing_keypoints_field_names_the_field(ap10k_sample):
+    root, data = ap10k_sample
+    del data["annotations"][1]["keypoints"]  # annotation 6
+    with pytest.raises(DataError, match=r"nokps.json \(id 6\): annotation has no 'keypoints' field"):
+        load_coco_records(_write(root / "nokps.json", data), root, load_joint_set("ap10k"))
+
+
 def test_unknown_image_id(ap10k_sample):
     root, data = ap10k_sample
     data["annotations"][1]["image_id"] = 999  # annotation 6

@@ -103,6 +103,11 @@ def keypoint_count(d):
     return "keypoint_count", "ann_id", d["annotations"][5]["id"]
 
 
+def keypoints_missing(d):
+    del d["annotations"][3]["keypoints"]
+    return "keypoints_missing", "ann_id", d["annotations"][3]["id"]
+
+
 def visibility_3(d):
     ann = d["annotations"][7]
     ann["keypoints"][3 * labeled_joint(ann) + 2] = 3
@@ -132,7 +137,7 @@ def labeled_at_origin(d):
 
 
 @needs_data
-@pytest.mark.parametrize("plant", [dup_ann_id, dup_image_id, keypoint_count, visibility_3, negative_width,
+@pytest.mark.parametrize("plant", [dup_ann_id, dup_image_id, keypoint_count, keypoints_missing, visibility_3, negative_width,
                                    unknown_image, unknown_category, labeled_at_origin])
 def test_checker_names_each_planted_defect(plant, animalpose_val, tmp_path, capsys):
     data = copy.deepcopy(animalpose_val)

@@ -465,3 +465,15 @@ def test_train_file_without_from_is_one_pool_named_after_the_file(synthetic_root
     sets = build_training_sets(cfg.DATASET, load_joint_set("ap10k"), 2)
     assert sets.notes[0] == "train records per source: ap10k-train-split1 17"
     assert sets.labeled == sets.unlabeled and len(sets.labeled) == 17
+
+
+def test_a_setting_without_labeled_records_says_how_the_lists_came_about(synthetic_root):
+    from freenet.config import ConfigError
+
+    cfg = load_config(None, ["DATASET.JOINTS", "ap10k", "DATASET.LABELED", "ratio", "DATASET.SAMPLE_RATIO", "0.01",
+                             "DATASET.TRAIN_FILE", str(synthetic_root / "ap_10k/annotations/ap10k-train-split1.json"),
+                             "DATASET.TRAIN_IMAGE_DIR", str(synthetic_root / "ap_10k/data")])
+    # 1 % of 17 records rounds to none
+    with pytest.raises(ConfigError, match=r"no labeled training records \(DATASET.LABELED ratio\): train records "
+                                          r"per source: ap10k-train-split1 17; random 0.01 of the pool labeled"):
+        build_training_sets(cfg.DATASET, load_joint_set("ap10k"), 2)

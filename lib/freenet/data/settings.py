@@ -21,6 +21,7 @@ from pathlib import Path
 from freenet.data.coco import DataLayout, load_coco_records, to_union
 from freenet.data.records import Record
 from freenet.data.splits import apply_split, filter_by_image_ids, load_id_list, load_split_file, sample_by_ratio
+from freenet.config import ConfigError
 from freenet.errors import DataError
 from freenet.joints import JointSet
 
@@ -88,7 +89,15 @@ def load_train_file(ann_file: str | os.PathLike, image_dir: str | os.PathLike | 
 
 
 def build_training_sets(dataset_cfg, joint_set: JointSet, seed: int, check_images: bool = True) -> TrainingSets:
-    """The two record lists of the configured setting (``dataset_cfg`` = ``cfg.DATASET``)."""
+    """The two record lists of the configured setting (``dataset_cfg`` = ``cfg.DATASET``); a setting
+    that leaves no labeled record is a :class:`ConfigError` that says how each list came about."""
+    sets = _training_sets(dataset_cfg, joint_set, seed, check_images)
+    if not sets.labeled:
+        raise ConfigError(f"no labeled training records (DATASET.LABELED {dataset_cfg.LABELED}): " + "; ".join(sets.notes))
+    return sets
+
+
+def _training_sets(dataset_cfg, joint_set: JointSet, seed: int, check_images: bool) -> TrainingSets:
     mode = dataset_cfg.LABELED
     if mode not in LABELED_MODES:
         raise ValueError(f"DATASET.LABELED must be one of {LABELED_MODES}, got {mode!r}")
