@@ -18,7 +18,11 @@ from freenet.evaluation import evaluate_from_config, format_metrics_table
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="Trailing KEY VALUE pairs override the yaml: TEST.MODEL_FILE (the weights), TEST.MODEL_KEY (which "
+               "weights inside a training checkpoint; default: the first of teacher_model, student_model, "
+               "state_dict, model), OUTPUT_DIR, DATASET.ROOT, DATASET.VAL_ANN_FILE, DATASET.VAL_IMAGE_DIR, ...")
     parser.add_argument("--cfg", required=True, help="experiment yaml (experiments/...)")
     parser.add_argument("--animalpose", action="store_true", help="accepted for compatibility; no effect")
     parser.add_argument("--protocol", choices=("standard", "freenet"), default=None,
@@ -35,6 +39,8 @@ def main(argv=None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if "model_key" in metrics:
+        print(f"weights: {metrics['model_file']} [{metrics['model_key']}]")
     print(format_metrics_table(metrics, joint_set))
     scored_file = args.results or cfg.TEST.RESULTS_FILE
     print(f"wrote {cfg.OUTPUT_DIR}/metrics.json" + ("" if scored_file else " and results.json"))

@@ -599,6 +599,7 @@ def test_eval_cli_on_sample_images_and_results_mode(tmp_path, capsys):
                           str(tmp_path / "run"), "WORKERS", "0", "DEVICE", "cpu", "GPUS", "[0,]"]) == 0
     out = capsys.readouterr().out
     assert "AP50" in out and "PCK" in out
+    assert f"weights: {weights} [student_model]" in out           # which network was scored
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert metrics["model_key"] == "student_model" and metrics["num_instances"] == 2
