@@ -115,7 +115,7 @@ def assert_same_update(p0, fast, ref, tol, what):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_three_steps_match_the_reference_step(device, exact_cuda):
-    """Steps 0-2 (learning-rate warm-up, feedback off, feedback on and ramping), each started from the
+    """Steps 0-2 (feedback off, then on and ramping; pseudo labels in every step), each started from the
     same weights in both implementations: the step is chaotic over several steps (rounding in the
     feedback factor changes the teacher a little, and a changed teacher moves arg-maxes), so the
     reference is re-synchronised before every step and each single update is compared."""
@@ -123,11 +123,13 @@ def test_three_steps_match_the_reference_step(device, exact_cuda):
     hyper = FreeNetHyper(down_step=10, feedback_start=1, feedback_complete=4, feedback_weight=2.0)
     torch.manual_seed(0)
     teacher, student = PoseHighResolutionNet(24, 8), PoseHighResolutionNet(24, 8)
+    with torch.no_grad():
+        teacher.final_layer.bias += 0.5   # teacher peaks above the 0.2 floor (§7.1): pseudo labels exist
     r_teacher, r_student = copy.deepcopy(teacher), copy.deepcopy(student)
     device = torch.device(device)
     teacher.to(device), student.to(device)
 
-    warmup = partial(cosine_with_warmup, warmup_steps=1, total_steps=10)
+    warmup = partial(cosine_with_warmup, warmup_steps=0, total_steps=10)   # step 0 (no feedback) updates too
 
     def no_scaler():
         return torch.amp.GradScaler(device.type, enabled=False)
@@ -145,6 +147,7 @@ def test_three_steps_match_the_reference_step(device, exact_cuda):
         out = fast(step, labeled, unlabeled)
         s_loss, t_loss = ref.freenet_step(step, r_teacher, r_student, t_opt, s_opt, t_sched, s_sched, labeled,
                                           unlabeled, U24, hyper, normalize_images)
+        assert sum(float(out[f"pl_{g}"]) for g in ("head", "front", "back")) > 0    # §6.4 is exercised
         torch.testing.assert_close(out["s_loss"].cpu(), s_loss, rtol=tol["loss"], atol=1e-7)
         torch.testing.assert_close(out["t_loss"].cpu(), t_loss, rtol=tol["loss"], atol=1e-7)
         fast_params = [p.detach().cpu() for p in list(teacher.parameters()) + list(student.parameters())]
