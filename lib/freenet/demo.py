@@ -72,7 +72,7 @@ PLANS = {
     "default": DemoPlan(data="default", image_size=128, input_size=64, width=8, sample_ratio=0.1,
                         base_epochs=125, base_batch=16, steps=200, batch=8, mu=3, eval_step=50, warmup=20,
                         down_step=160, feedback_start=80, feedback_complete=160, student_lr=3e-4),
-    # ~1.5 minutes: every stage runs, the numbers are only a smoke test
+    # ~30 s on 2 CPU cores: every stage runs, the numbers are only a smoke test
     "quick": DemoPlan(data={"ap10k_train": 40, "ap10k_val": 8, "ap10k_test": 8, "animalpose_train": 40,
                             "animalpose_val": 8, "tigdog_train": 40, "tigdog_val": 8, "union24_val": 24},
                       image_size=96, input_size=64, width=8, sample_ratio=0.2, base_epochs=12, base_batch=8,
