@@ -7,7 +7,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -144,10 +144,13 @@ class RunSetup:
     amp_dtype: torch.dtype | None    # autocast dtype, None = fp32
 
 
-def setup_run(args) -> RunSetup:
-    """Config from the flags, the one device decision, backend settings, joint set and precision."""
+def setup_run(args, notes: Sequence[str] = ()) -> RunSetup:
+    """Config from the flags, the one device decision, backend settings, joint set and precision;
+    ``notes`` (from :func:`parse_run_args`) are logged once logging is set up."""
     cfg = config_from_args(args)
     device = setup_device(cfg)
+    for note in notes:
+        log.warning(note)
     configure_backends(device, cfg.CUDNN.BENCHMARK)
     return RunSetup(cfg, device, configured_joint_set(cfg), autocast_dtype(device, args.amp, args.amp_dtype))
 

@@ -54,9 +54,7 @@ def multistep(iteration: int, iters_per_epoch: int, milestones, factor: float) -
 
 def train_supervised(args, notes: list[str] = ()) -> dict:
     """Supervised training from parsed flags; ``notes``: warnings of :func:`~freenet.cli.parse_run_args`."""
-    setup = setup_run(args)
-    for note in notes:
-        log.warning(note)
+    setup = setup_run(args, notes)
     cfg, device, joint_set, amp_dtype = setup.cfg, setup.device, setup.joint_set, setup.amp_dtype
     epochs = args.epochs or cfg.TRAIN.END_EPOCH
     batch_size = args.batch_size or cfg.TRAIN.BATCH_SIZE_PER_GPU

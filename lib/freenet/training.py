@@ -155,9 +155,7 @@ def run(script: str | ScriptDefaults, argv=None) -> int:
 
 def train_freenet(args, notes: list[str] = ()) -> dict:
     """A FreeNet run from parsed flags; ``notes``: warnings of :func:`~freenet.cli.parse_run_args`."""
-    setup = setup_run(args)
-    for note in notes:
-        log.warning(note)
+    setup = setup_run(args, notes)
     cfg, device, joint_set, amp_dtype = setup.cfg, setup.device, setup.joint_set, setup.amp_dtype
     channels_last = args.channels_last
     if args.cuda_graphs and (args.compile or distributed.world_size() > 1 or device.type != "cuda"):
