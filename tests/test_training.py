@@ -51,6 +51,28 @@ def test_eval_cadence_of_the_24_joint_script():
     assert [s for s in evals if 14000 < s < 16000] == [14399, 14999, 15299, 15599, 15899]
     assert [s for s in evals if 29500 < s < 30400] == [29699, 29999, 30149, 30299]
     assert len(evals) == 25 + 50 + 100
+    assert loop.first_eval_step(0) == 599 and loop.first_eval_step(600) == 1199
+    assert loop.first_eval_step(44999) == 44999
+    # a short run under this schedule, or one cut by --stop-step before step 600, never evaluates
+    assert LoopConfig(200, 150, [(15000, 600)]).first_eval_step(0) is None
+    assert LoopConfig(45000, 150, [(15000, 600)], stop_step=599).first_eval_step(0) is None
+    assert LoopConfig(45000, 150, [(15000, 600)], stop_step=600).first_eval_step(0) == 599
+
+
+def test_a_run_that_never_evaluates_says_so(synthetic_root, tmp_path, caplog):
+    from freenet.training import run
+
+    schedule = ["FREENET.EVAL_SCHEDULE", "[[15000,600]]"]     # the 24-joint yaml's first entry, after TINY_MODEL's
+    with caplog.at_level("INFO", logger="freenet"):
+        assert run("train_ap10k_animalpose_tigdog", ["--sample-ratio", "0.3",
+                                                     *tiny_args(synthetic_root, tmp_path, steps=2), *schedule]) == 0
+    assert "no evaluation in steps 1..2 (every 2 steps, FREENET.EVAL_SCHEDULE [[15000, 600]])" in caplog.text
+    assert not (only_run_dir(tmp_path) / "best-oks.pth").exists()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="freenet"):
+        assert run("train_ap10k_animalpose_tigdog", ["--sample-ratio", "0.3",
+                                                     *tiny_args(synthetic_root, tmp_path / "b", steps=2)]) == 0
+    assert "first evaluation after step 2" in caplog.text and "no evaluation" not in caplog.text
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -86,7 +108,7 @@ def test_tensorboard_scalar_names(synthetic_root, tmp_path):
             "Val_PCK_Tea_PCK", "PL_kp_num_Head_PL", "PL_kp_num_Front_PL", "PL_kp_num_Back_PL"} <= runs
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root, tmp_path):
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root, tmp_path, capsys):
     from freenet.training import run
 
     straight, halves = tmp_path / "straight", tmp_path / "halves"
@@ -95,6 +117,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root, t
     assert run("train_split_ap10k", ["--level", "1", "--stop-step", "2", *tiny_args(synthetic_root, halves, steps=6, eval_step=3)]) == 0
     first = only_run_dir(halves) / "checkpoint.pth"
     assert torch.load(first, weights_only=False)["step"] == 1
+    assert f"Stopped after step 2 (--stop-step 2). Resume with --resume {first}" in capsys.readouterr().out
     # nothing but --resume (and how to execute): the flags and overrides come from the run itself
     assert run("train_split_ap10k", ["--resume", str(first), "--workers", "0"]) == 0
     a = torch.load(only_run_dir(straight) / "checkpoint.pth", weights_only=False)
@@ -165,7 +188,7 @@ def test_sigint_saves_and_the_run_resumes(synthetic_root, tmp_path):
     assert "Resume with --resume" in out + err
     ckpt_path = only_run_dir(tmp_path) / "checkpoint.pth"
     step = torch.load(ckpt_path, weights_only=False)["step"]
-    assert step >= 0
+    assert step >= 0 and f"Stopped after step {step + 1}. Resume with --resume" in out + err
     resumed = run_script("train_split_ap10k.py", ["--level", "0", "--resume", str(ckpt_path),
                                                   *tiny_args(synthetic_root, tmp_path, steps=step + 3,
                                                              eval_step=100000)])

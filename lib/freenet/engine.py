@@ -52,6 +52,14 @@ class LoopConfig:
                 break
         return (step + 1) % every == 0
 
+    def end(self) -> int:
+        """The step this invocation stops before: ``--stop-step`` when it cuts the run short."""
+        return min(self.total_steps, self.stop_step or self.total_steps)
+
+    def first_eval_step(self, start: int) -> int | None:
+        """The first step in ``start .. end() − 1`` that evaluates, or None when none does."""
+        return next((s for s in range(start, self.end()) if self.is_eval_step(s)), None)
+
 
 @dataclass
 class TrainState:
@@ -200,12 +208,21 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
     recorder = Recorder(run)
     extra = checkpoint_extra or {}
     start = state.step + 1
+    first_eval = loop.first_eval_step(start)
+    if first_eval is None:
+        # A short run under the 24-joint yaml's schedule (600 steps at first) would otherwise end
+        # without best-*.pth, val_log.txt or metrics.jsonl and without saying why.
+        log.warning("no evaluation in steps %d..%d (every %d steps, FREENET.EVAL_SCHEDULE %s): no best-*.pth or "
+                    "metrics will be written; add FREENET.EVAL_SCHEDULE [] to evaluate every --eval-step",
+                    start + 1, loop.end(), loop.eval_step, [list(x) for x in loop.eval_schedule])
+    else:
+        log.info("first evaluation after step %d", first_eval + 1)
     bar = tqdm(total=loop.total_steps, initial=start, dynamic_ncols=True, disable=not distributed.is_main(),
                desc="FreeNet")
     tic = time.perf_counter()
     try:
         with Interrupt() as interrupt:
-            for step in range(start, min(loop.total_steps, loop.stop_step or loop.total_steps)):
+            for step in range(start, loop.end()):
                 batch_l, batch_u = _next_batches(labeled, unlabeled)
                 out = step_fn(step, batch_l, batch_u)
                 window = state.window
@@ -225,12 +242,14 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
                     _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, train, extra)
                 if interrupt.requested:
                     _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
-                    tqdm.write(f"Stopped after step {step}. {resume_hint(run)}")
+                    tqdm.write(f"Stopped after step {step + 1}. {resume_hint(run)}")
                     break
             else:
                 if state.step >= start and not loop.is_eval_step(state.step):
                     # The last steps ran after the last evaluation: keep them too.
                     _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
+                if loop.end() < loop.total_steps and state.step == loop.end() - 1:
+                    tqdm.write(f"Stopped after step {state.step + 1} (--stop-step {loop.stop_step}). {resume_hint(run)}")
     finally:
         bar.close()
         recorder.close()

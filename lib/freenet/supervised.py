@@ -138,7 +138,7 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
                 if metrics["AP"] > best_ap:
                     best_ap = metrics["AP"]
                     atomic_save(model.state_dict(), run / "best.pth")
-                    summary.update(best_ap=best_ap, best_pck=metrics["PCK"], best_epoch=epoch)
+                    summary.update(best_ap=best_ap, best_pck=metrics["PCK"], best_epoch=epoch + 1)  # as logged
             if distributed.is_main():
                 atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": net.scheduler.state_dict(), "scaler": net.scaler.state_dict(),

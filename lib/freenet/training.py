@@ -69,6 +69,12 @@ SCRIPTS = {
         description="FreeNet on AP-10K + AnimalPose + TigDog (24 union joints), a random --sample-ratio labeled."),
 }
 
+# Base networks the authors released, by the default file name they stand in for (README: released weights).
+RELEASED_BASE_NETWORKS = {
+    "pretrained_25_5.pth": "25_5_imgs_SL_hrnet_pretrained.pth (renamed pretrained_25_5.pth)",
+    "ap_10k_animal_pose_mix_SL_0.1_hrnet.pth": "ap_10k_animal_pose_mix_SL_0.1_hrnet.pth",
+}
+
 
 def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=d.description, formatter_class=HelpFormatter,
@@ -95,7 +101,7 @@ def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
     a("--mu", type=int, default=1, help="unlabeled batch = B * mu (0: labeled-only ablation, no pseudo labels)")
     a("--channels-last", action=argparse.BooleanOptionalAction, default=True,
       help="NHWC activations (faster convolutions on CUDA and on the CPU)")
-    a("--compile", action="store_true", help="torch.compile both networks (CUDA)")
+    a("--compile", action="store_true", help="torch.compile both networks (opt-in; minutes of compiling first)")
     a("--cuda-graphs", action="store_true",
       help="record the whole step as a CUDA graph and replay it: one launch instead of over 12,000 (one CUDA process)")
     a("--sync-bn", action="store_true", help="SyncBatchNorm across ranks under torchrun (CUDA)")
@@ -178,10 +184,12 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
     if not args.resume:
         if teacher_name:
             if not (weights_dir / teacher_name).is_file():
+                released = RELEASED_BASE_NETWORKS.get(teacher_name)
+                download = f", download the authors' {released} (README: released weights)" if released else ""
                 raise CheckpointError(
                     f"{weights_dir / teacher_name}: base-network (teacher) weights not found. Train them with "
-                    f"train_supervised.py --cfg {args.cfg} ... --save-as {weights_dir / teacher_name}, download the "
-                    f"authors' file (README: released weights), or pass --pretrained-weights-name '' for random init")
+                    f"train_supervised.py --cfg {args.cfg} ... --save-as {weights_dir / teacher_name}{download}, "
+                    f"or pass --pretrained-weights-name '' for random init")
             where = load_model_weights(teacher_net, weights_dir / teacher_name)
             log.info("teacher (base network) from %s [%s]", weights_dir / teacher_name, where)
         else:
@@ -237,7 +245,7 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
     extra = {"joint_set": joint_set.name, "num_joints": joint_set.num_joints, "width": cfg.MODEL.WIDTH,
              "config": cfg.dump()}
     state = train_loop(step_fn, teacher, student, iter(labeled), unlabeled, evaluate, loop, state, run_dir, extra)
-    summary = {"best_oks": state.best_oks, "best_pck": state.best_pck, "last_step": state.step,
+    summary = {"best_oks": state.best_oks, "best_pck": state.best_pck, "steps_done": state.step + 1,
                "run_dir": str(run_dir.path)}
     log.info("done: %s", json.dumps(summary))
     return summary
