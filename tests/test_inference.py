@@ -94,6 +94,30 @@ def test_load_pose_model_reads_joints_and_width_off_the_checkpoint(tmp_path, num
     assert all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())
 
 
+def test_load_pose_model_takes_the_joint_set_a_training_checkpoint_records(tmp_path):
+    """A custom joint set (here a renamed copy of ap10k) is found through the stored config; when its
+    file has gone, the bundled set of that size stands in; with no set of that size, the error names it."""
+    from yacs.config import CfgNode
+
+    custom = json.loads(Path(load_joint_set("ap10k").path).read_text())
+    custom["name"] = "my_animals"
+    (tmp_path / "my_animals.json").write_text(json.dumps(custom))
+    cfg = CfgNode({"DATASET": CfgNode({"JOINTS": str(tmp_path / "my_animals.json")}),
+                   "MODEL": CfgNode({"IMAGE_SIZE": [64, 64]})})
+    model = PoseHighResolutionNet(num_joints=17, width=8)
+    torch.save({"teacher_model": model.state_dict(), "config": cfg.dump()}, tmp_path / "checkpoint.pth")
+    assert load_pose_model(tmp_path / "checkpoint.pth")[1].name == "my_animals"
+    assert load_pose_model(tmp_path / "checkpoint.pth", joints="ap10k")[1].name == "ap10k"   # --joints wins
+    cfg.DATASET.JOINTS = str(tmp_path / "moved.json")
+    torch.save({"teacher_model": model.state_dict(), "config": cfg.dump()}, tmp_path / "checkpoint.pth")
+    assert load_pose_model(tmp_path / "checkpoint.pth")[1].name == "ap10k"
+
+    torch.save({"state_dict": PoseHighResolutionNet(num_joints=5, width=8).state_dict(), "config": cfg.dump()},
+               tmp_path / "five.pth")
+    with pytest.raises(CheckpointError, match=r"predicts 5 joints .*the run's joint set .*moved\.json does not load"):
+        load_pose_model(tmp_path / "five.pth")
+
+
 def test_load_pose_model_wrong_joint_set_is_a_one_line_error(tmp_path):
     _save(tmp_path / "m.pth", 21, key="")
     message = r"m\.pth: checkpoint predicts 21 joints but joint set 'ap10k' has 17"

@@ -19,7 +19,7 @@ from torch import nn
 from freenet.checkpoint import CheckpointError, check_compatible, extract_state_dict, load_checkpoint
 from freenet.data.transforms import normalize_images
 from freenet.evaluation import box_centre_scale, crop_matrices, decode_heatmaps, flip_back, warp_crop
-from freenet.joints import JointSet, load_joint_set
+from freenet.joints import JointSet, JointSetError, load_joint_set
 from freenet.models import PoseHighResolutionNet
 
 # Joint set assumed for a checkpoint of J joints when none is named (20: the FreeNet AnimalPose order).
@@ -34,21 +34,18 @@ def load_pose_model(weights: str | os.PathLike, joints: str | os.PathLike | None
                     device: torch.device | str = "cpu") -> tuple[PoseHighResolutionNet, JointSet, str]:
     """An HRNet built to fit a checkpoint: J and width are read off ``final_layer.weight``.
 
-    ``joints`` (bundled name or file) defaults to :data:`DEFAULT_JOINT_SETS` [J]. The checkpoint
-    key search is SPEC §11.9's (``key`` picks one). Returns (model in eval mode, joint set, key used).
-    Raises :class:`CheckpointError` (one line) when the file does not fit.
+    ``joints`` (bundled name or file) defaults to the joint set a training checkpoint was trained
+    with (``DATASET.JOINTS`` of its stored config), else to :data:`DEFAULT_JOINT_SETS` [J]. The
+    checkpoint key search is SPEC §11.9's (``key`` picks one). Returns (model in eval mode, joint
+    set, key used). Raises :class:`CheckpointError` (one line) when the file does not fit.
     """
-    state, where = extract_state_dict(load_checkpoint(weights), key, str(weights))
+    checkpoint = load_checkpoint(weights)
+    state, where = extract_state_dict(checkpoint, key, str(weights))
     final = state.get("final_layer.weight")
     if final is None or final.ndim != 4:
         raise CheckpointError(f"{weights}: no 'final_layer.weight' in '{where}': not an HRNet pose checkpoint")
     num_joints, width = final.shape[0], final.shape[1]
-    if joints is None:
-        if num_joints not in DEFAULT_JOINT_SETS:
-            raise CheckpointError(f"{weights}: checkpoint predicts {num_joints} joints and no joint set of that size "
-                                  f"is bundled; name one with --joints")
-        joints = DEFAULT_JOINT_SETS[num_joints]
-    joint_set = load_joint_set(joints)
+    joint_set = load_joint_set(joints) if joints is not None else _default_joint_set(checkpoint, num_joints, weights)
     if joint_set.num_joints != num_joints:
         raise CheckpointError(f"{weights}: checkpoint predicts {num_joints} joints but joint set '{joint_set.name}' "
                               f"has {joint_set.num_joints}")
@@ -58,13 +55,37 @@ def load_pose_model(weights: str | os.PathLike, joints: str | os.PathLike | None
     return model.to(device, memory_format=torch.channels_last).eval(), joint_set, where
 
 
-def trained_input_size(checkpoint) -> int | None:
-    """The input crop size a training checkpoint was trained at (from its stored config), if recorded."""
+def _default_joint_set(checkpoint, num_joints: int, weights) -> JointSet:
+    """The training run's joint set when the checkpoint records one that still loads, else the
+    bundled set of that size."""
+    trained = (stored_config(checkpoint) or {}).get("DATASET", {}).get("JOINTS")
+    recorded = ""
+    if trained:
+        try:
+            joint_set = load_joint_set(trained)
+            if joint_set.num_joints == num_joints:
+                return joint_set
+            recorded = f" (the run's joint set {trained} has {joint_set.num_joints})"
+        except (JointSetError, OSError):   # e.g. a union file moved since training: try the bundled sets
+            recorded = f" (the run's joint set {trained} does not load here)"
+    if num_joints not in DEFAULT_JOINT_SETS:
+        raise CheckpointError(f"{weights}: checkpoint predicts {num_joints} joints and no joint set of that size "
+                              f"is bundled{recorded}; name one with --joints")
+    return load_joint_set(DEFAULT_JOINT_SETS[num_joints])
+
+
+def stored_config(checkpoint):
+    """The resolved training config a FreeNet training checkpoint stores (a yacs CfgNode), if any."""
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), str):
         return None
     from yacs.config import CfgNode
 
-    size = CfgNode.load_cfg(checkpoint["config"]).get("MODEL", {}).get("IMAGE_SIZE")
+    return CfgNode.load_cfg(checkpoint["config"])
+
+
+def trained_input_size(checkpoint) -> int | None:
+    """The input crop size a training checkpoint was trained at (from its stored config), if recorded."""
+    size = (stored_config(checkpoint) or {}).get("MODEL", {}).get("IMAGE_SIZE")
     return int(size[0]) if size else None
 
 
