@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from freenet.checkpoint import CheckpointError
 from freenet.models import PoseHighResolutionNet, count_parameters, load_imagenet_backbone, to_sync_batchnorm
 from freenet.models.hrnet import BACKBONE_PREFIXES, BatchNorm2d
 from freenet.profiling import dispatched_ops
@@ -212,6 +213,11 @@ def test_load_imagenet_backbone_copies_backbone_only(tmp_path, as_file):
     assert not torch.equal(dst["conv1.weight"], _model(seed=1).conv1.weight)  # something was copied
     for k, v in target.final_layer.state_dict().items():
         assert torch.equal(v, head[k])
+
+
+def test_load_imagenet_backbone_missing_file_names_it(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nowhere\.pth: ImageNet HRNet weights not found .*hrnet_w32-36af842e"):
+        load_imagenet_backbone(_model(seed=0), tmp_path / "nowhere.pth")
 
 
 def test_load_imagenet_backbone_skips_shape_mismatches():

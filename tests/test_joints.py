@@ -133,3 +133,13 @@ def test_bad_joint_set_files_name_the_field(tmp_path):
         load_joint_set(broken)
     with pytest.raises(FileNotFoundError, match="no joint set 'nope'"):
         load_joint_set("nope")
+    authors = tmp_path / "ap_10k_keypoints_format.json"      # the layout of the authors' info/ files
+    authors.write_text(json.dumps({"keypoints": good["joints"], "flip_pairs": good["flip_pairs"],
+                                   "kps_weights": [1.0] * 17}))
+    with pytest.raises(JointSetError, match="ap_10k_keypoints_format.json: an original FreeNet keypoints-format "
+                                            "file .* name a bundled set .*ap10k"):
+        load_joint_set(authors)
+    listed = tmp_path / "list.json"
+    listed.write_text("[]")
+    with pytest.raises(JointSetError, match="list.json: expected a JSON object"):
+        load_joint_set(listed)

@@ -83,6 +83,13 @@ def test_wrong_teacher_file_is_a_one_line_error(synthetic_root, tmp_path, capsys
     assert code == 1
     err = capsys.readouterr().err
     assert "base-network (teacher) weights not found" in err and "train_supervised.py" in err
+    assert "download" not in err                       # the authors released no split-level base network
+    code = run("train_synthetic_ap10k", ["--data-root", str(synthetic_root), "--output-dir", str(tmp_path),
+                                         "--pretrained-model-path", str(tmp_path / "nowhere"), "--total-steps", "2",
+                                         "--workers", "0", *TINY_MODEL])
+    assert code == 1
+    assert "download the authors' 25_5_imgs_SL_hrnet_pretrained.pth (renamed pretrained_25_5.pth)" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

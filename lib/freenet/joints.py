@@ -136,6 +136,12 @@ def _float_list(path, key, values, n):
 
 def parse_joint_set(data: dict, path: str = "<dict>") -> JointSet:
     """Validate a joint-set dictionary (the JSON layout of ``resources/joints/*.json``)."""
+    if not isinstance(data, dict):
+        raise JointSetError(f"{path}: expected a JSON object (a joint set), got {type(data).__name__}")
+    if "keypoints" in data and "joints" not in data:
+        raise JointSetError(f"{path}: an original FreeNet keypoints-format file (field 'keypoints'), not a joint set: "
+                            f"name a bundled set ({', '.join(available_joint_sets())}) or a file in the layout of "
+                            f"resources/joints/*.json")
     for key in ("name", "joints", "flip_pairs", "loss_weights", "upper_body", "sigmas", "part_groups"):
         if key not in data:
             raise _err(path, key, "missing")

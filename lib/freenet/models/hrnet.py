@@ -282,6 +282,9 @@ def load_imagenet_backbone(
         name, state = "<state_dict>", path_or_state_dict
     else:
         name = os.fspath(path_or_state_dict)
+        if not os.path.isfile(name):
+            raise CheckpointError(f"{name}: ImageNet HRNet weights not found (the official HRNet classification "
+                                  f"release's hrnet_w32-36af842e.pth; README: training)")
         state = torch.load(name, map_location="cpu", weights_only=True)
         if not isinstance(state, Mapping):
             raise CheckpointError(f"{name}: expected a state_dict (mapping of tensors), got {type(state).__name__}")
