@@ -14,6 +14,7 @@ import sys
 
 from freenet.cli import USER_ERRORS
 from freenet.config import load_config
+from freenet.device import usable_cpus
 from freenet.evaluation import evaluate_from_config, format_metrics_table
 
 
@@ -29,12 +30,18 @@ def main(argv=None) -> int:
                         help="OKS sigmas: aligned (standard) or the paper's AP-10K list (freenet); "
                              "default TEST.PROTOCOL")
     parser.add_argument("--results", default="", help="score this COCO results JSON instead of running a model")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes decoding and cropping images (default: WORKERS of the yaml, at most the "
+                             "CPU cores this process may use)")
     args, opts = parser.parse_known_args(argv)
     unknown = [o for o in opts if o.startswith("--")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         cfg = load_config(args.cfg, opts)
+        cfg.defrost()
+        cfg.WORKERS = args.workers if args.workers is not None else min(cfg.WORKERS, usable_cpus())
+        cfg.freeze()
         metrics, joint_set = evaluate_from_config(cfg, args.protocol, args.results)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

@@ -596,7 +596,7 @@ def test_eval_cli_on_sample_images_and_results_mode(tmp_path, capsys):
               "DATASET.VAL_ANN_FILE", str(sample / "test_ap10k.json"), "DATASET.VAL_IMAGE_DIR", str(sample)]
     main = _eval_cli()
     assert main(common + ["--animalpose", "MODEL.WIDTH", "8", "TEST.MODEL_FILE", str(weights), "OUTPUT_DIR",
-                          str(tmp_path / "run"), "WORKERS", "0", "DEVICE", "cpu", "GPUS", "[0,]"]) == 0
+                          str(tmp_path / "run"), "--workers", "0", "DEVICE", "cpu", "GPUS", "[0,]"]) == 0
     out = capsys.readouterr().out
     assert "AP50" in out and "PCK" in out
     assert f"weights: {weights} [student_model]" in out           # which network was scored

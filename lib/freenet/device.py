@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 
 import torch
 
@@ -14,6 +15,13 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 class DeviceError(RuntimeError):
     """The requested device is not available here."""
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity where the OS has one, e.g. under a job scheduler)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
