@@ -13,8 +13,9 @@ import torch
 from freenet.profiling import dispatched_ops
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def base_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags every benchmark shares; ``--help`` opens with the first paragraph of ``doc``."""
+    p = argparse.ArgumentParser(description=" ".join(doc.strip().split("\n\n")[0].split()))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--repeat", type=int, default=20, help="timed repetitions")
     p.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")

@@ -18,7 +18,7 @@ from freenet.models import PoseHighResolutionNet
 
 
 def main():
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--images", type=int, default=64, help="union-24 val images (synthetic, 256 px)")

@@ -14,7 +14,7 @@ from freenet.models import PoseHighResolutionNet
 
 
 def main():
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__)
     p.set_defaults(device="cpu", repeat=10)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--size", type=int, default=256)

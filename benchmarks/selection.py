@@ -17,7 +17,7 @@ from freenet.schedules import topk_rate
 
 
 def main():
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__)
     p.add_argument("--batch", type=int, default=56, help="unlabeled batch B*mu")
     p.add_argument("--joints", default="union24")
     p.add_argument("--heatmap", type=int, default=64)

@@ -61,7 +61,7 @@ def build(args, device):
 
 
 def main():
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--size", type=int, default=256, help="input crop side")
     p.add_argument("--batch", type=int, default=8, help="labeled batch B")

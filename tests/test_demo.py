@@ -39,6 +39,7 @@ def test_quick_demo_report(tmp_path):
     # ... and the table shows those numbers
     md = (report / "report.md").read_text()
     assert f"| FreeNet student | {row['AP']:.3f} | {row['AP50']:.3f} | {row['AR']:.3f} | {row['PCK']:.3f} |" in md
+    assert "student LR 0.001" in md and "(the paper's student LR, though" in md     # the quick plan's LR is the paper's
     # the run folders are real training runs through the public scripts' code paths
     freenet_run = summary["runs"]["freenet"]
     assert json.loads((out / "runs" / "freenet" / freenet_run.split("/")[-1] / "args.json").read_text())["mu"] == 2

@@ -1,7 +1,7 @@
 """Write a synthetic FreeNet data root: cartoon quadrupeds in the AP-10K, AnimalPose and TigDog
 formats, the union files, a fully annotated union-24 val set, split files and label lists.
 
-    python tools/make_synthetic_data.py --out data_synthetic            # ~1.4k images, a few seconds
+    python tools/make_synthetic_data.py --out data_synthetic            # ~1.1k images, a few seconds
     python tools/make_synthetic_data.py --out /tmp/tiny --preset tiny   # a handful, for tests
 
 Then point a config at it with ``DATASET.ROOT data_synthetic`` (or ``--data-root``).
