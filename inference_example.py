@@ -37,8 +37,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         device = resolve_device(args.device)
-        model, joint_set, _ = load_pose_model(args.weights, args.joints, args.key, device)
-        size = args.size or trained_input_size(load_checkpoint(args.weights)) or 256
+        checkpoint = load_checkpoint(args.weights)       # read once: weights, joint set and input size
+        model, joint_set, _ = load_pose_model(args.weights, args.joints, args.key, device, checkpoint)
+        size = args.size or trained_input_size(checkpoint) or 256
         image = read_image(args.image)
         keypoints, scores = predict(model, image, args.box, args.flip, device, joint_set, size)
     except (*USER_ERRORS, ValueError) as e:

@@ -31,15 +31,18 @@ OTHER_COLOUR = (190, 190, 190)
 
 
 def load_pose_model(weights: str | os.PathLike, joints: str | os.PathLike | None = None, key: str = "",
-                    device: torch.device | str = "cpu") -> tuple[PoseHighResolutionNet, JointSet, str]:
+                    device: torch.device | str = "cpu", checkpoint=None
+                    ) -> tuple[PoseHighResolutionNet, JointSet, str]:
     """An HRNet built to fit a checkpoint: J and width are read off ``final_layer.weight``.
 
     ``joints`` (bundled name or file) defaults to the joint set a training checkpoint was trained
     with (``DATASET.JOINTS`` of its stored config), else to :data:`DEFAULT_JOINT_SETS` [J]. The
     checkpoint key search is SPEC §11.9's (``key`` picks one). Returns (model in eval mode, joint
     set, key used). Raises :class:`CheckpointError` (one line) when the file does not fit.
+    ``checkpoint``: the contents of ``weights`` when the caller has already loaded them.
     """
-    checkpoint = load_checkpoint(weights)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(weights)
     state, where = extract_state_dict(checkpoint, key, str(weights))
     final = state.get("final_layer.weight")
     if final is None or final.ndim != 4:
