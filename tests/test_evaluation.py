@@ -25,6 +25,7 @@ from torch import nn
 from freenet.config import load_config
 from freenet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from freenet.errors import DataError
+from freenet.errors import EvaluationError
 from freenet.evaluation import (METRIC_KEYS, EvalSettings, Evaluator, box_centre_scale, coco_keypoint_metrics,
                                 crop_matrices, decode_heatmaps, eval_records, flip_back, format_metrics_table,
                                 gt_heatmap_peaks, heatmap_to_image, instance_scores, keypoint_oks, oks_nms, pck,
@@ -576,6 +577,23 @@ def _eval_cli():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
+
+
+@pytest.mark.parametrize("flags,cores,expected", [([], 2, 2), ([], 16, 8), (["--workers", "5"], 2, 5)])
+def test_eval_cli_workers_default_to_at_most_the_usable_cores(monkeypatch, flags, cores, expected):
+    spec = importlib.util.spec_from_file_location("eval_ap10k", REPO / "eval_ap10k.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    seen = []
+
+    def record(cfg, protocol, results):
+        seen.append(cfg.WORKERS)
+        raise EvaluationError("stop here")
+
+    monkeypatch.setattr(module, "usable_cpus", lambda: cores)
+    monkeypatch.setattr(module, "evaluate_from_config", record)
+    cfg = str(REPO / "experiments/ap10k/w32_256x256_ap10k.yaml")       # WORKERS 8 (the default)
+    assert module.main(["--cfg", cfg, *flags]) == 2 and seen == [expected]
 
 
 def _saved_model(path: Path, num_joints=17, width=8, key="state_dict"):
