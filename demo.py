@@ -1,6 +1,6 @@
 """FreeNet end to end on built-in synthetic data: data -> base network -> FreeNet -> report.
 
-    python demo.py            # ~8 minutes on 2 CPU cores; report in demo_output/report/
+    python demo.py            # ~9 minutes on 2 CPU cores; report in demo_output/report/
     python demo.py --quick    # ~30 s smoke run
     python demo.py --device cuda
 """
