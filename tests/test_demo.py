@@ -13,11 +13,12 @@ pytestmark = pytest.mark.slow
 
 def test_quick_demo_report(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, str(REPO / "demo.py"), "--quick", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(REPO / "demo.py"), "--quick", "--out", str(out), "--seed", "3"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = out / "report"
     summary = json.loads((report / "metrics.json").read_text())
+    assert summary["seed"] == 3 and "data seed 3)" in (report / "report.md").read_text()
     assert set(summary["models"]) == {"base", "labeled_only", "freenet_teacher", "freenet_student"}
     for name in ["report.md", "report.html", *summary["curves"], *summary["pictures"]]:
         assert (report / name).stat().st_size > 0, name

@@ -172,7 +172,7 @@ def run_demo(plan: DemoPlan, out: Path, device: str = "auto", seed: int = 0) -> 
     curves = draw_curves(Path(base["run_dir"]), Path(freenet["run_dir"]), Path(ablation["run_dir"]), report_dir)
     stage("pictures")
     timings["total"] = round(time.perf_counter() - t_start, 1)
-    summary = {"plan": asdict(plan), "device": str(dev), "timings_s": timings, "models": results,
+    summary = {"plan": asdict(plan), "seed": seed, "device": str(dev), "timings_s": timings, "models": results,
                "runs": {"base": base["run_dir"], "freenet": freenet["run_dir"], "labeled_only": ablation["run_dir"]},
                "pictures": pictures, "curves": curves}
     (report_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
@@ -279,9 +279,10 @@ def write_report(summary: dict, joint_set, report_dir: Path) -> None:
     text = f"""# FreeNet demo report
 
 Synthetic quadrupeds in three datasets with different joint definitions (AP-10K 17, AnimalPose 20,
-TigDog 19 joints); {plan['sample_ratio']:.0%} of the pooled training records labeled, the rest
-unlabeled. All models are HRNet-W{plan['width']} at {plan['input_size']} px, evaluated with their final
-weights on the fully annotated union-24 val set (flip test; no model selection on it).
+TigDog 19 joints; data seed {summary['seed']}); {plan['sample_ratio']:.0%} of the pooled training
+records labeled, the rest unlabeled. All models are HRNet-W{plan['width']} at {plan['input_size']} px,
+evaluated with their final weights on the fully annotated union-24 val set (flip test; no model
+selection on it).
 
 {table}
 
