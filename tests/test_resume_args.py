@@ -62,6 +62,14 @@ def test_level_is_required_unless_the_run_has_it(tmp_path, capsys):
     assert args.level == 0
 
 
+def test_supervised_resume_keeps_the_epochs_but_not_the_stop(tmp_path):
+    parser = supervised_parser()
+    run = saved_run(tmp_path, ["--level", "0", "--epochs", "210", "--stop-epoch", "100", "--workers", "4"], parser)
+    args, _ = parse_run_args(parser, ["--resume", str(run / "checkpoint.pth"), "--workers", "0"])
+    assert (args.level, args.epochs) == (0, 210)
+    assert args.stop_epoch is None and args.workers == 0        # a resumed run goes to the end unless told
+
+
 def test_a_corrupt_args_json_names_the_file(tmp_path):
     parser = supervised_parser()
     (tmp_path / "args.json").write_text("{not json")
@@ -108,6 +116,8 @@ def test_a_split_yaml_without_level_asks_for_it():
     from freenet.config import ConfigError
 
     args = supervised_parser().parse_args(["--cfg", "experiments/ap10k/freenet_split.yaml"])
-    with pytest.raises(ConfigError, match=r"freenet_split.yaml: DATASET.SPLIT_FILE .*level_\{level\}.json needs --level"):
+    needs_level = r"freenet_split.yaml: DATASET.SPLIT_FILE .*level_\{level\}.json needs --level"
+    with pytest.raises(ConfigError, match=needs_level):
         config_from_args(args)
-    assert config_from_args(supervised_parser().parse_args(["--level", "1"])).DATASET.SPLIT_FILE.endswith("level_1.json")
+    level_1 = config_from_args(supervised_parser().parse_args(["--level", "1"]))
+    assert level_1.DATASET.SPLIT_FILE.endswith("level_1.json")

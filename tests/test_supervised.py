@@ -38,9 +38,10 @@ def test_supervised_weights_initialise_the_freenet_teacher(synthetic_root, tmp_p
     model = PoseHighResolutionNet(17, width=8)
     assert load_model_weights(model, weights / "ap_10k_split_level_0.pth") == "(raw dict)"
     # and the FreeNet script picks it up by its default name for --level 0
-    code = run("train_split_ap10k", ["--level", "0", "--data-root", str(synthetic_root), "--output-dir", str(tmp_path / "fn"),
-                          "--pretrained-model-path", str(weights), "--total-steps", "2", "--eval-step", "2",
-                          "--workers", "0", "--batch-size", "2", "--mu", "1", *TINY_MODEL])
+    code = run("train_split_ap10k", ["--level", "0", "--data-root", str(synthetic_root),
+                                     "--output-dir", str(tmp_path / "fn"), "--pretrained-model-path", str(weights),
+                                     "--total-steps", "2", "--eval-step", "2", "--workers", "0", "--batch-size", "2",
+                                     "--mu", "1", *TINY_MODEL])
     assert code == 0
 
 
@@ -104,7 +105,8 @@ def test_cuda_requested_without_cuda_is_a_one_line_error(synthetic_root, tmp_pat
 
 
 @pytest.mark.slow
-def test_interrupt_inside_an_epoch_resumes_where_it_stopped(synthetic_root, tmp_path, monkeypatch):
+def test_interrupt_inside_an_epoch_or_stop_epoch_resumes_where_it_stopped(synthetic_root, tmp_path,
+                                                                          monkeypatch, capsys):
     import freenet.supervised as sup
 
     def args(out, *extra):
@@ -147,6 +149,19 @@ def test_interrupt_inside_an_epoch_resumes_where_it_stopped(synthetic_root, tmp_
         assert torch.equal(tensor, b["model"][name]), name
     lines = [(d / "metrics.jsonl").read_text() for d in (next((tmp_path / "straight").iterdir()), run)]
     assert lines[0] == lines[1]                                  # same losses and scores per epoch
+
+    # --stop-epoch: the same run cut after its first epoch (job time limits), then resumed
+    capsys.readouterr()
+    assert supervised_main(args(tmp_path / "epochs", "--stop-epoch", "1")) == 0
+    cut = next((tmp_path / "epochs").iterdir())
+    stopped = torch.load(cut / "checkpoint.pth", weights_only=False)
+    assert (stopped["epoch"], stopped["iteration"]) == (0, a["iteration"] // 2)
+    assert f"Stopped after epoch 1 (--stop-epoch 1). Resume with --resume {cut / 'checkpoint.pth'}" in \
+        capsys.readouterr().out
+    assert supervised_main(["--resume", str(cut / "checkpoint.pth"), "--workers", "0"]) == 0   # not stopped again
+    c = torch.load(cut / "checkpoint.pth", weights_only=False)
+    assert c["iteration"] == a["iteration"] and all(torch.equal(t, c["model"][n]) for n, t in a["model"].items())
+    assert (cut / "metrics.jsonl").read_text() == lines[0]
 
 
 def test_resume_from_another_kind_of_checkpoint_is_one_line(synthetic_root, tmp_path, capsys):

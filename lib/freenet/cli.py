@@ -83,8 +83,9 @@ def config_from_args(args):
 
 # Flags that say how a run executes, not what it computes: a --resume takes them from its own
 # command line. Every other flag comes from the run's args.json unless given again.
-EXECUTION_FLAGS = frozenset({"resume", "workers", "device", "stop_step", "start_step", "compile", "cuda_graphs",
-                             "channels_last", "sync_bn", "data_root", "output_dir", "name", "cfg", "opts"})
+EXECUTION_FLAGS = frozenset({"resume", "workers", "device", "stop_step", "stop_epoch", "start_step", "compile",
+                             "cuda_graphs", "channels_last", "sync_bn", "data_root", "output_dir", "name", "cfg",
+                             "opts"})
 _NOT_GIVEN = object()
 
 
@@ -123,7 +124,8 @@ def parse_run_args(parser: argparse.ArgumentParser, argv=None,
                     notes.append(f"{dest} {merged[dest]} (the run used {value})")
             merged["opts"] = list(saved.get("opts") or []) + list(args.opts or [])
             if "cfg" not in given:
-                merged["cfg"] = str(run / "config.yaml") if (run / "config.yaml").is_file() else saved.get("cfg", args.cfg)
+                saved_cfg = run / "config.yaml"
+                merged["cfg"] = str(saved_cfg) if saved_cfg.is_file() else saved.get("cfg", args.cfg)
             args = argparse.Namespace(**merged)
             if notes:
                 notes = ["--resume with other settings than the run: " + ", ".join(notes) +

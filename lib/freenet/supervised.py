@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--epochs", type=int, default=None, help="default: TRAIN.END_EPOCH of the yaml")
     a("--batch-size", type=int, default=None, help="default: TRAIN.BATCH_SIZE_PER_GPU of the yaml")
     a("--eval-every", type=int, default=1, help="evaluate (and keep the best weights) every N epochs")
+    a("--stop-epoch", type=int, default=None,
+      help="save and stop after this many epochs, the --epochs schedule unchanged (job time limits); "
+           "--resume continues")
     a("--imagenet", default=None, help="ImageNet HRNet-W32 classification weights for the backbone (optional)")
     a("--save-as", default=None, help="also copy the best weights here, e.g. pretrained_weights/pretrained_25_5.pth")
     a("--level", type=int, default=None, choices=(0, 1), help="split level (the split setting's yaml)")
@@ -148,6 +151,9 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
             distributed.barrier()
             if interrupt.requested:
                 tqdm.write(f"Stopped in epoch {epoch + 1} after iteration {iteration}. {resume_hint(run)}")
+                break
+            if finished and not last and args.stop_epoch is not None and epoch + 1 >= args.stop_epoch:
+                tqdm.write(f"Stopped after epoch {epoch + 1} (--stop-epoch {args.stop_epoch}). {resume_hint(run)}")
                 break
     recorder.close()
     if args.save_as and distributed.is_main() and (run / "best.pth").exists():
