@@ -14,9 +14,10 @@ def steady_state_exp():
 
     The MKL/OpenMP CPU build of PyTorch used here sometimes returns values up to 3e-4 (relative)
     off on the first parallel ``torch.exp`` call of a process, on one thread's share of the tensor;
-    the same call again is accurate to float32 rounding. Seen as a rare failure (about 1 run in 10) of the
-    reference comparison of the Gaussian renderer when it ran right after tests/test_hrnet.py.
-    With this call every test sees the steady state, so the comparisons test this project's code.
+    the same call again is accurate to float32 rounding. Seen as a rare failure (about 1 run in
+    10) of the reference comparison of the Gaussian renderer when it ran right after
+    tests/test_hrnet.py. With this call every test sees the steady state, so the comparisons test
+    this project's code.
     """
     torch.exp(torch.zeros(1 << 16))
 
