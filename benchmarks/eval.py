@@ -24,6 +24,7 @@ def main():
     p.add_argument("--images", type=int, default=64, help="union-24 val images (synthetic, 256 px)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--amp", action="store_true", help="fp16 autocast (CUDA)")
+    p.add_argument("--no-fold", action="store_true", help="keep BatchNorm unfolded (Evaluator(..., fold=False))")
     args = p.parse_args()
     device = pick_device(args.device)
     js = load_joint_set("union24")
@@ -40,11 +41,11 @@ def main():
         for label in ("first call (decode + crop)", "cached crops"):
             sync(device)
             t0 = time.perf_counter()
-            evaluator(model, device, amp=args.amp)
+            evaluator(model, device, amp=args.amp, fold=not args.no_fold)
             sync(device)
             dt = time.perf_counter() - t0
             emit({"benchmark": "eval", "device": describe(device), "width": args.width, "size": args.size,
-                  "flip_test": True, "amp": args.amp, "instances": n, "call": label,
+                  "flip_test": True, "amp": args.amp, "folded": not args.no_fold, "instances": n, "call": label,
                   "images_per_s": round(n / dt, 2), "seconds": round(dt, 2)})
 
 

@@ -33,6 +33,7 @@ from freenet.evaluation import (METRIC_KEYS, EvalSettings, Evaluator, box_centre
 from freenet.heatmaps import encode_keypoints, render_gaussians
 from freenet.joints import JointSetError, load_joint_set
 from freenet.models import PoseHighResolutionNet
+from freenet.profiling import dispatched_ops
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -539,6 +540,25 @@ def test_evaluator_restores_the_model_mode_and_real_images_decode(tmp_path):
     assert crops.shape == (2, 3, 64, 64) and crops.dtype == torch.uint8 and crops.float().std() > 10
     table = format_metrics_table(metrics, load_joint_set("ap10k"))
     assert "AP50" in table and "R_B_paw" in table
+
+
+@needs_data
+def test_evaluator_folds_batchnorm_without_changing_the_predictions():
+    torch.manual_seed(0)
+    model = PoseHighResolutionNet(num_joints=17, width=8)
+    with torch.no_grad():
+        model(torch.randn(4, 3, 64, 64))      # running statistics of its own (a training forward)
+        model.final_layer.weight.mul_(1000)   # heatmaps with clear peaks rather than near-ties
+    evaluator = Evaluator(MMPOSE / "ap10k" / "test_ap10k.json", MMPOSE / "ap10k", "ap10k",
+                          EvalSettings(input_size=64, heatmap_size=16))
+    runs = {}
+    for fold in (True, False):
+        ops = dispatched_ops(lambda: runs.__setitem__(fold, evaluator.predict(model, "cpu", fold=fold)))
+        assert (ops["aten.native_batch_norm"] == 0) == fold
+    (kp, score, peak), (kp_ref, score_ref, peak_ref) = runs[True], runs[False]
+    assert np.array_equal(peak, peak_ref) and np.ptp(peak_ref, axis=(0, 1)).max() > 0
+    assert np.allclose(kp, kp_ref, rtol=0, atol=1e-3) and np.allclose(score, score_ref, rtol=1e-4, atol=0)
+    assert model.training
 
 
 def test_protocols_pick_the_sigma_lists():

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from freenet.checkpoint import CheckpointError
-from freenet.models import PoseHighResolutionNet, count_parameters, load_imagenet_backbone, to_sync_batchnorm
+from freenet.models import (PoseHighResolutionNet, count_parameters, fold_batchnorm, load_imagenet_backbone,
+                            to_sync_batchnorm)
 from freenet.models.hrnet import BACKBONE_PREFIXES, BatchNorm2d
 from freenet.profiling import dispatched_ops
 
@@ -162,6 +163,66 @@ def test_counts_survive_a_device_or_format_change_and_sync_batchnorm():
     assert synced._counted_norms == () and any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
     synced(torch.randn(2, 3, 64, 64, dtype=torch.float64))
     assert all(int(m.num_batches_tracked) == 2 for m in synced.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def _random_statistics(model: PoseHighResolutionNet, seed: int = 0) -> PoseHighResolutionNet:
+    """Every BatchNorm with its own affine map and running statistics, so that a folding that mixed
+    up channels, layers or the order of scale and shift would show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.01)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1e-4 + 1e-5)   # the size of conv outputs here
+    return model.eval()
+
+
+def test_fold_batchnorm_folds_one_layer_by_hand():
+    model = _model().eval()
+    with torch.no_grad():
+        model.conv1.weight.fill_(2.0)
+        model.bn1.eps = 1.0
+        model.bn1.running_mean.fill_(1.0)
+        model.bn1.running_var.fill_(3.0)
+        model.bn1.weight.fill_(4.0)
+        model.bn1.bias.fill_(0.5)
+    folded = fold_batchnorm(model)
+    # 4 * (2x - 1) / sqrt(3 + 1) + 0.5 = 4x - 1.5
+    assert torch.equal(folded.conv1.weight, torch.full_like(model.conv1.weight, 4.0))
+    assert torch.equal(folded.conv1.bias, torch.full((64,), -1.5))
+    assert isinstance(folded.bn1, nn.Identity) and model.conv1.bias is None
+
+
+def test_fold_batchnorm_gives_the_eval_outputs_and_leaves_the_model_alone():
+    model = _random_statistics(_model(num_joints=24)).to(memory_format=torch.channels_last).train()
+    before = copy.deepcopy(model.state_dict())
+    folded = fold_batchnorm(model)
+    x = torch.randn(2, 3, 64, 96).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref, out = model.eval()(x), folded(x)
+    scale = ref.abs().max()
+    assert scale > 1e-3 and torch.allclose(out, ref, rtol=0, atol=1e-5 * scale)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) and not folded.training
+    convs = [m for m in folded.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == len([m for m in model.modules() if isinstance(m, nn.Conv2d)])
+    assert sum(m.bias is not None for m in convs) == 292 + 1       # every BN's conv, and the final layer
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    # One native_batch_norm less per layer, and the count of the training forward does not apply.
+    assert dispatched_ops(lambda: folded(x))["aten.native_batch_norm"] == 0 and folded._counted_norms == ()
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_fold_batchnorm_folds_sync_batchnorm_the_same():
+    model = _random_statistics(_model(), seed=1)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = fold_batchnorm(to_sync_batchnorm(copy.deepcopy(model)))(x)
+    assert torch.allclose(out, ref, rtol=0, atol=1e-5 * ref.abs().max())
 
 
 def test_state_dict_round_trip_strict():

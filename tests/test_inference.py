@@ -87,11 +87,18 @@ def _save(path, num_joints=17, width=8, key="state_dict"):
 @pytest.mark.parametrize("num_joints,expected", [(17, "ap10k"), (21, "union21"), (24, "union24")])
 def test_load_pose_model_reads_joints_and_width_off_the_checkpoint(tmp_path, num_joints, expected):
     saved = _save(tmp_path / "m.pth", num_joints, width=8, key="teacher_model")
-    model, joint_set, where = load_pose_model(tmp_path / "m.pth")
+    model, joint_set, where = load_pose_model(tmp_path / "m.pth", fold=False)
     assert joint_set.name == expected and where == "teacher_model"
     assert model.width == 8 and model.num_joints == num_joints and not model.training
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())
+    # By default the BatchNorm is folded into the convolutions: no BN layer, the same heatmaps.
+    folded, _, _ = load_pose_model(tmp_path / "m.pth")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) and not folded.training
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = saved.eval()(x)
+        assert torch.allclose(folded(x), ref, rtol=0, atol=1e-5 * ref.abs().max())
 
 
 def test_load_pose_model_takes_the_joint_set_a_training_checkpoint_records(tmp_path):

@@ -20,7 +20,7 @@ from freenet.checkpoint import CheckpointError, check_compatible, extract_state_
 from freenet.data.transforms import normalize_images
 from freenet.evaluation import box_centre_scale, crop_matrices, decode_heatmaps, flip_back, warp_crop
 from freenet.joints import JointSet, JointSetError, load_joint_set
-from freenet.models import PoseHighResolutionNet
+from freenet.models import PoseHighResolutionNet, fold_batchnorm
 
 # Joint set assumed for a checkpoint of J joints when none is named (20: the FreeNet AnimalPose order).
 DEFAULT_JOINT_SETS = {17: "ap10k", 19: "tigdog", 20: "animalpose", 21: "union21", 24: "union24"}
@@ -31,7 +31,7 @@ OTHER_COLOUR = (190, 190, 190)
 
 
 def load_pose_model(weights: str | os.PathLike, joints: str | os.PathLike | None = None, key: str = "",
-                    device: torch.device | str = "cpu", checkpoint=None
+                    device: torch.device | str = "cpu", checkpoint=None, fold: bool = True
                     ) -> tuple[PoseHighResolutionNet, JointSet, str]:
     """An HRNet built to fit a checkpoint: J and width are read off ``final_layer.weight``.
 
@@ -39,7 +39,9 @@ def load_pose_model(weights: str | os.PathLike, joints: str | os.PathLike | None
     with (``DATASET.JOINTS`` of its stored config), else to :data:`DEFAULT_JOINT_SETS` [J]. The
     checkpoint key search is SPEC §11.9's (``key`` picks one). Returns (model in eval mode, joint
     set, key used). Raises :class:`CheckpointError` (one line) when the file does not fit.
-    ``checkpoint``: the contents of ``weights`` when the caller has already loaded them.
+    ``checkpoint``: the contents of ``weights`` when the caller has already loaded them. ``fold``
+    (default): BatchNorm folded into the convolutions (:func:`~freenet.models.fold_batchnorm`), for
+    inference only; ``fold=False`` gives the network itself, to train or to save.
     """
     if checkpoint is None:
         checkpoint = load_checkpoint(weights)
@@ -55,7 +57,8 @@ def load_pose_model(weights: str | os.PathLike, joints: str | os.PathLike | None
     model = PoseHighResolutionNet(num_joints=num_joints, width=width)
     check_compatible(model, state, str(weights))
     model.load_state_dict(state)
-    return model.to(device, memory_format=torch.channels_last).eval(), joint_set, where
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    return (fold_batchnorm(model) if fold else model), joint_set, where
 
 
 def _default_joint_set(checkpoint, num_joints: int, weights) -> JointSet:

@@ -17,6 +17,7 @@ lower-resolution one. Inputs must have sides that are multiples of 32 so that th
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Mapping, Sequence, Union
 
@@ -257,6 +258,51 @@ def to_sync_batchnorm(model: PoseHighResolutionNet) -> PoseHighResolutionNet:
     model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.find_batch_norms()
     return model
+
+
+_BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+def fold_batchnorm(model: PoseHighResolutionNet) -> PoseHighResolutionNet:
+    """An inference copy of ``model`` with every BatchNorm folded into the convolution before it.
+
+    Eval-mode BN is a per-channel affine map of that convolution's output, so
+    ``W' = W * g / sqrt(var + eps)`` and ``b' = beta + (b - mean) * g / sqrt(var + eps)`` give the same
+    outputs (to float rounding) with one kernel instead of two: 292 fewer per HRNet forward,
+    10-25 % less time for W32 on a CPU (README: Speed). The copy is in eval mode and has no BN
+    buffers, so its state_dict is not a checkpoint; ``model`` is left as it was.
+    """
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        if isinstance(module, nn.Sequential):     # conv -> BN [-> ReLU/Upsample] of stems, fuses, transitions
+            for i in range(len(module) - 1):
+                if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], _BATCH_NORMS):
+                    _fold_into(module[i], module[i + 1])
+                    module[i + 1] = nn.Identity()
+        elif isinstance(module, (PoseHighResolutionNet, BasicBlock, Bottleneck)):   # conv{k} -> bn{k}
+            for k in (1, 2, 3):
+                conv, bn = getattr(module, f"conv{k}", None), getattr(module, f"bn{k}", None)
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, _BATCH_NORMS):
+                    _fold_into(conv, bn)
+                    setattr(module, f"bn{k}", nn.Identity())
+    left = [name for name, m in folded.named_modules() if isinstance(m, _BATCH_NORMS)]
+    if left:
+        raise ValueError(f"fold_batchnorm: BatchNorm layers with no convolution before them: {left[:3]}")
+    folded.find_batch_norms()
+    return folded
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """``conv`` becomes ``bn(conv(x))`` of eval mode (see :func:`fold_batchnorm`); float64 on the CPU
+    for the arithmetic, the parameters keep their device and dtype."""
+    w = conv.weight
+    scale = bn.weight.double().cpu() * torch.rsqrt(bn.running_var.double().cpu() + bn.eps)
+    bias = conv.bias.double().cpu() if conv.bias is not None else torch.zeros_like(scale)
+    # (elementwise ops keep the weight's memory format, channels_last included)
+    conv.weight = nn.Parameter((w.double().cpu() * scale.view(-1, 1, 1, 1)).to(w.device, w.dtype))
+    conv.bias = nn.Parameter((bn.bias.double().cpu() + (bias - bn.running_mean.double().cpu()) * scale)
+                             .to(w.device, w.dtype))
 
 
 def count_parameters(model: nn.Module) -> int:
