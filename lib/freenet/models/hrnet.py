@@ -297,12 +297,12 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """``conv`` becomes ``bn(conv(x))`` of eval mode (see :func:`fold_batchnorm`); float64 on the CPU
     for the arithmetic, the parameters keep their device and dtype."""
     w = conv.weight
-    scale = bn.weight.double().cpu() * torch.rsqrt(bn.running_var.double().cpu() + bn.eps)
+    mean, var, gamma, beta = (t.double().cpu() for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))
+    scale = gamma * torch.rsqrt(var + bn.eps)
     bias = conv.bias.double().cpu() if conv.bias is not None else torch.zeros_like(scale)
     # (elementwise ops keep the weight's memory format, channels_last included)
     conv.weight = nn.Parameter((w.double().cpu() * scale.view(-1, 1, 1, 1)).to(w.device, w.dtype))
-    conv.bias = nn.Parameter((bn.bias.double().cpu() + (bias - bn.running_mean.double().cpu()) * scale)
-                             .to(w.device, w.dtype))
+    conv.bias = nn.Parameter((beta + (bias - mean) * scale).to(w.device, w.dtype))
 
 
 def count_parameters(model: nn.Module) -> int:
