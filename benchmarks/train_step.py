@@ -6,8 +6,10 @@ Default: the paper's setting — HRNet-W32, 256-px crops, B = 8, mu = 7, fp16 AM
     python benchmarks/train_step.py --width 8 --size 64 --batch 4 --mu 2 --device cpu
     python benchmarks/train_step.py --loader --data-root data_synth --workers 16
     python benchmarks/train_step.py --cuda-graphs                     # the step replayed from a CUDA graph
+    python benchmarks/train_step.py --compile-regions                 # torch.compile of each block (see warmup_s)
 
-Prints JSON lines: steps/s and images/s of the whole step (in-memory batches), then the parts
+Prints JSON lines: steps/s and images/s of the whole step (in-memory batches) and the time of the
+untimed warm-up steps (compiling, cuDNN autotuning, the CUDA-graph recording), then the parts
 measured on their own with the same tensors — forward+backward of both networks, selection +
 rendering (decode, §7 masks, Gaussians), optimiser updates — and, with ``--loader``, the data wait
 of the real two-view loaders. Memory is the peak CUDA allocation of one step.
@@ -26,7 +28,7 @@ from freenet.device import autocast_dtype, configure_backends
 from freenet.freenet_step import FreeNetHyper, FreeNetStep
 from freenet.heatmaps import encode_keypoints
 from freenet.joints import load_joint_set
-from freenet.models import PoseHighResolutionNet
+from freenet.models import PoseHighResolutionNet, compile_regions
 from freenet.optim import make_optimized
 
 
@@ -52,9 +54,11 @@ def build(args, device):
         if args.channels_last:
             net = net.to(memory_format=torch.channels_last)
         nets.append(make_optimized(net, lr, 1e-4, 900, 45000, 0, 1e9, device, amp == torch.float16))
-    if args.compile:
-        for n in nets:
+    for n in nets:
+        if args.compile:
             n.model = torch.compile(n.model)
+        elif args.compile_regions:
+            compile_regions(n.model)
     # Feedback on from the first step: the full cost of a step after --feedback-steps-start.
     step = FreeNetStep(nets[0], nets[1], js, FreeNetHyper(feedback_start=0), device, amp, args.channels_last)
     return js, step, amp
@@ -70,7 +74,10 @@ def main():
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--amp-dtype", choices=("fp16", "bf16"), default="fp16")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--compile", action="store_true")
+    compiling = p.add_mutually_exclusive_group()
+    compiling.add_argument("--compile", action="store_true", help="torch.compile both networks")
+    compiling.add_argument("--compile-regions", action="store_true",
+                           help="torch.compile their blocks in place (freenet.models.compile_regions)")
     p.add_argument("--cuda-graphs", action="store_true", help="time the step replayed from a CUDA graph (CUDA)")
     p.add_argument("--loader", action="store_true", help="also time the real loaders (needs --data-root)")
     p.add_argument("--data-root", default=None)
@@ -87,7 +94,7 @@ def main():
     unlabeled = synthetic_batch(args.batch * args.mu, args.size, js.num_joints, False, 2)
     setting = {"width": args.width, "size": args.size, "batch": args.batch, "mu": args.mu, "joints": js.num_joints,
                "amp": str(amp).replace("torch.", "") if amp else "fp32", "channels_last": args.channels_last,
-               "compile": args.compile, "cuda_graphs": args.cuda_graphs}
+               "compile": "regions" if args.compile_regions else args.compile, "cuda_graphs": args.cuda_graphs}
     base = {"device": describe(device), **setting}
     if device.type == "cuda":
         labeled = {k: v.pin_memory() for k, v in labeled.items()}
@@ -99,13 +106,19 @@ def main():
     if args.cuda_graphs:     # the eager warm-up steps and the recording come before the timed replays
         run_step = GraphedStep(step)
         warmup = max(warmup, run_step.warmup_steps + 2)
-    t = time_it(lambda: run_step(next(counter), labeled, unlabeled), device, args.repeat, warmup)
+    t0 = time.perf_counter()      # the warm-up: compiling, cuDNN autotuning, the CUDA-graph recording
+    for _ in range(warmup):
+        run_step(next(counter), labeled, unlabeled)
+    sync(device)
+    warmup_s = time.perf_counter() - t0
+    t = time_it(lambda: run_step(next(counter), labeled, unlabeled), device, args.repeat, 0)
     images = args.batch * (1 + args.mu)
     record = {"benchmark": "train_step", **base, "steps_per_s": round(1 / t["median_s"], 3),
-              "s_per_step": round(t["median_s"], 4), "images_per_s": round(images / t["median_s"], 1)}
+              "s_per_step": round(t["median_s"], 4), "images_per_s": round(images / t["median_s"], 1),
+              "warmup_steps": warmup, "warmup_s": round(warmup_s, 1)}
     if device.type == "cuda":
         record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
-    if not args.compile:   # the counting mode does not see inside a compiled model (it counted eager ops)
+    if not (args.compile or args.compile_regions):   # the counting mode does not see inside a compiled model (it counted eager ops)
         # with --cuda-graphs: what the host still issues per step (input copies, schedules, the replay)
         record["tensor_ops"] = count_ops(lambda: run_step(next(counter), labeled, unlabeled))
     emit(record)

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from freenet.checkpoint import CheckpointError
-from freenet.models import (PoseHighResolutionNet, count_parameters, fold_batchnorm, load_imagenet_backbone,
-                            to_sync_batchnorm)
-from freenet.models.hrnet import BACKBONE_PREFIXES, BatchNorm2d
+from freenet.models import (PoseHighResolutionNet, compile_regions, count_parameters, fold_batchnorm,
+                            load_imagenet_backbone, to_sync_batchnorm)
+from freenet.models.hrnet import BACKBONE_PREFIXES, REGION_TYPES, BatchNorm2d
 from freenet.profiling import dispatched_ops
 
 SPEC_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "hrnet_w32_state_dict.json"
@@ -223,6 +223,63 @@ def test_fold_batchnorm_folds_sync_batchnorm_the_same():
         ref = model(x)
         out = fold_batchnorm(to_sync_batchnorm(copy.deepcopy(model)))(x)
     assert torch.allclose(out, ref, rtol=0, atol=1e-5 * ref.abs().max())
+
+
+@pytest.fixture
+def dynamo():
+    """Empty dynamo caches and its default recompile limit (8), restored afterwards."""
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    torch._dynamo.reset()
+    with config.patch(**{limit: 8}):
+        yield
+    torch._dynamo.reset()
+
+
+def _compiled(net: nn.Module) -> set[str]:
+    return {name for name, m in net.named_modules() if getattr(m, "_compiled_call_impl", None) is not None}
+
+
+def test_compile_regions_compiles_the_blocks_in_place(dynamo):
+    net = _model()
+    keys = net.state_dict().keys()
+    assert compile_regions(net) == 4 + 1 + 4 + 3      # layer1's Bottlenecks, the modules of stages 2, 3, 4
+    assert _compiled(net) == {name for name, m in net.named_modules() if isinstance(m, REGION_TYPES)}
+    assert "layer1.0" in _compiled(net) and "stage4.2" in _compiled(net) and "transition1.0" not in _compiled(net)
+    assert net.state_dict().keys() == keys          # no `_orig_mod.` prefix: checkpoints are unchanged
+    # The folded evaluation copy (a deep copy) runs eagerly.
+    assert _compiled(copy.deepcopy(net)) == set() and _compiled(fold_batchnorm(net)) == set()
+
+
+def test_compiled_regions_share_graphs_across_blocks_and_networks(dynamo):
+    """A FreeNet step's three kinds of forward (no-grad, with gradients, the small batch) through
+    both networks: each of the six region structures is traced once per kind, 18 graphs for 24
+    regions x 3 forwards x 2 networks, beyond dynamo's default limit of 8 per frame; and the traced
+    graphs compute what the eager network does, running statistics included."""
+    graphs = []
+
+    def backend(gm, example_inputs):          # records each traced graph, runs it as traced
+        graphs.append(gm)
+        return gm.forward
+
+    x = torch.randn(4, 3, 64, 64)
+    for seed in (0, 1):
+        net, eager = _model(seed=seed), _model(seed=seed)
+        compile_regions(net, backend=backend)
+        outputs = []
+        for model in (net, eager):
+            with torch.no_grad():
+                before = model(x)
+            out = model(x)
+            out.square().mean().backward()
+            with torch.no_grad():
+                small = model(x[:2])
+            outputs.append((before, out.detach(), small))
+        assert len(graphs) == 18                  # the second network traced nothing new
+        for compiled_out, eager_out in zip(*outputs):
+            torch.testing.assert_close(compiled_out, eager_out)
+        assert all(torch.equal(a.grad, b.grad) for a, b in zip(net.parameters(), eager.parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(net.buffers(), eager.buffers()))
 
 
 def test_state_dict_round_trip_strict():

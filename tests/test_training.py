@@ -167,6 +167,33 @@ def test_a_bad_override_is_one_line_naming_the_key(synthetic_root, tmp_path, ove
     assert last.startswith("error:") and named in last, last
 
 
+def test_compile_regions_trains_evaluates_and_saves_the_plain_layout(synthetic_root, tmp_path, monkeypatch):
+    """``--compile-regions`` compiles both networks' blocks in place (here with dynamo's eager backend:
+    the tracing without minutes of code generation); evaluation and the checkpoint see plain networks."""
+    import freenet.training
+    from freenet.models import compile_regions
+    from freenet.training import run
+
+    compiled = []
+
+    def traced_only(net):
+        compiled.append(net)
+        return compile_regions(net, backend="eager")
+
+    monkeypatch.setattr(freenet.training, "compile_regions", traced_only)
+    with torch._dynamo.config.patch(recompile_limit=8):
+        assert run("finetune", ["--compile-regions", *tiny_args(synthetic_root, tmp_path, steps=2)]) == 0
+    torch._dynamo.reset()
+    assert len(compiled) == 2 and compiled[0] is not compiled[1]
+    assert all(n.stage3[0]._compiled_call_impl is not None for n in compiled)
+    ckpt = torch.load(only_run_dir(tmp_path) / "checkpoint.pth", weights_only=False)
+    for name, net in zip(("teacher_model", "student_model"), compiled):
+        assert ckpt[name].keys() == net.state_dict().keys() and "stage3.0.branches.0.0.conv1.weight" in ckpt[name]
+        assert all(torch.equal(v, net.state_dict()[k]) for k, v in ckpt[name].items())
+    evaluated = [json.loads(line) for line in (only_run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evaluated] == [1] and "teacher" in evaluated[0]     # (steps count from 0)
+
+
 def test_cuda_graphs_without_cuda_is_one_line(synthetic_root, tmp_path):
     proc = run_script("finetune.py", tiny_args(synthetic_root, tmp_path, extra=("--cuda-graphs", "--device", "cpu")))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]

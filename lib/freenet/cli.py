@@ -84,8 +84,8 @@ def config_from_args(args):
 # Flags that say how a run executes, not what it computes: a --resume takes them from its own
 # command line. Every other flag comes from the run's args.json unless given again.
 EXECUTION_FLAGS = frozenset({"resume", "workers", "device", "stop_step", "stop_epoch", "start_step", "compile",
-                             "cuda_graphs", "channels_last", "sync_bn", "data_root", "output_dir", "name", "cfg",
-                             "opts"})
+                             "compile_regions", "cuda_graphs", "channels_last", "sync_bn", "data_root", "output_dir",
+                             "name", "cfg", "opts"})
 _NOT_GIVEN = object()
 
 
