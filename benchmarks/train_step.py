@@ -118,7 +118,7 @@ def main():
               "warmup_steps": warmup, "warmup_s": round(warmup_s, 1)}
     if device.type == "cuda":
         record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
-    if not (args.compile or args.compile_regions):   # the counting mode does not see inside a compiled model (it counted eager ops)
+    if not (args.compile or args.compile_regions):   # counting does not see inside compiled code (it counts eager ops)
         # with --cuda-graphs: what the host still issues per step (input copies, schedules, the replay)
         record["tensor_ops"] = count_ops(lambda: run_step(next(counter), labeled, unlabeled))
     emit(record)

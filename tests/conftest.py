@@ -39,6 +39,18 @@ def one_thread():
     torch.set_num_threads(saved)
 
 
+@pytest.fixture
+def dynamo():
+    """Empty dynamo caches and its default recompile limit (8) for one test (compile_regions raises
+    it), both restored afterwards."""
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    torch._dynamo.reset()
+    with config.patch(**{limit: 8}):
+        yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A tiny synthetic data root (SPEC §3.1 layout, three joint definitions, split files)."""

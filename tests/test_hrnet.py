@@ -225,17 +225,6 @@ def test_fold_batchnorm_folds_sync_batchnorm_the_same():
     assert torch.allclose(out, ref, rtol=0, atol=1e-5 * ref.abs().max())
 
 
-@pytest.fixture
-def dynamo():
-    """Empty dynamo caches and its default recompile limit (8), restored afterwards."""
-    config = torch._dynamo.config
-    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    torch._dynamo.reset()
-    with config.patch(**{limit: 8}):
-        yield
-    torch._dynamo.reset()
-
-
 def _compiled(net: nn.Module) -> set[str]:
     return {name for name, m in net.named_modules() if getattr(m, "_compiled_call_impl", None) is not None}
 
@@ -253,9 +242,9 @@ def test_compile_regions_compiles_the_blocks_in_place(dynamo):
 
 def test_compiled_regions_share_graphs_across_blocks_and_networks(dynamo):
     """A FreeNet step's three kinds of forward (no-grad, with gradients, the small batch) through
-    both networks: each of the six region structures is traced once per kind, 18 graphs for 24
-    regions x 3 forwards x 2 networks, beyond dynamo's default limit of 8 per frame; and the traced
-    graphs compute what the eager network does, running statistics included."""
+    both networks: each of the six region structures is traced once per kind, 18 graphs for 72
+    region calls (12 regions x 3 forwards x 2 networks), beyond dynamo's default limit of 8 per frame;
+    and the traced graphs compute what the eager network does, running statistics included."""
     graphs = []
 
     def backend(gm, example_inputs):          # records each traced graph, runs it as traced
