@@ -43,10 +43,10 @@ def one_thread():
 def dynamo():
     """Empty dynamo caches and its default recompile limit (8) for one test (compile_regions raises
     it), both restored afterwards."""
-    config = torch._dynamo.config
-    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    from freenet.models.hrnet import recompile_limit_name
+
     torch._dynamo.reset()
-    with config.patch(**{limit: 8}):
+    with torch._dynamo.config.patch(**{recompile_limit_name(): 8}):
         yield
     torch._dynamo.reset()
 

@@ -323,12 +323,16 @@ def compile_regions(model: nn.Module, **compile_kwargs) -> int:
     their graphs.
     """
     regions = [m for m in model.modules() if isinstance(m, REGION_TYPES)]
-    config = torch._dynamo.config
-    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    config, limit = torch._dynamo.config, recompile_limit_name()
     setattr(config, limit, max(getattr(config, limit), 64))
     for m in regions:
         m.compile(**compile_kwargs)
     return len(regions)
+
+
+def recompile_limit_name() -> str:
+    """Dynamo's graphs-per-frame limit: ``recompile_limit``, ``cache_size_limit`` in older PyTorch."""
+    return "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 
 
 def count_parameters(model: nn.Module) -> int:
