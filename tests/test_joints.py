@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,7 +119,7 @@ def test_flip_index_swaps_pairs():
 
 
 def test_bad_joint_set_files_name_the_field(tmp_path):
-    good = json.loads(open(load_joint_set("ap10k").path).read())
+    good = json.loads(Path(load_joint_set("ap10k").path).read_text())
     for field, value, expect in [("sigmas", [0.1] * 3, "sigmas"), ("flip_pairs", [[0, 99]], "flip_pairs"),
                                  ("lower_body", [0], "lower_body")]:
         bad = dict(good, **{field: value})
