@@ -5,12 +5,16 @@ import ctypes
 import functools
 import logging
 import os
+from typing import Callable, TypeVar
 
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+T = TypeVar("T")
 
 
 class DeviceError(RuntimeError):
@@ -48,6 +52,24 @@ def autocast_dtype(device: torch.device, amp: bool, dtype: str = "fp16") -> torc
     if dtype not in AMP_DTYPES:
         raise ValueError(f"unknown AMP dtype {dtype!r} (expected one of {', '.join(AMP_DTYPES)})")
     return AMP_DTYPES[dtype]
+
+
+def device_constants(maxsize: int) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """``functools.lru_cache`` for the functions that build constant tensors on a device from hashable
+    arguments (the device among them): built once, they cost no host-to-device copy per call, which
+    blocks on CUDA and is not allowed inside a CUDA graph.
+
+    They are built as real tensors even under a ``FakeTensorMode`` (``benchmarks/roofline.py``, whose
+    mode takes real inputs): a fake tensor kept in the cache would reach later calls with real tensors.
+    """
+    def decorate(build: Callable[..., T]) -> Callable[..., T]:
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(build)
+        def cached(*args):
+            with unset_fake_temporarily():
+                return build(*args)
+        return cached
+    return decorate
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,13 +5,13 @@
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from freenet.device import device_constants
 
 def encode_keypoints(keypoints: np.ndarray, visibility: np.ndarray, heatmap_size: tuple[int, int] = (64, 64),
                      stride: float = 4.0, sigma: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +93,7 @@ class _RenderGrid:
     upper: torch.Tensor        # (2,) W + 3σ, H + 3σ: the window misses the map from there on
 
 
-@functools.lru_cache(maxsize=16)
+@device_constants(maxsize=16)
 def _render_grid(width: int, height: int, sigma: float, device: torch.device) -> _RenderGrid:
     length = max(width, height)
     positions = torch.arange(length, dtype=torch.float32).expand(2, length)

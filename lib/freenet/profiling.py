@@ -4,7 +4,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 def dispatched_ops(fn: Callable[[], object]) -> Counter[str]:
@@ -18,9 +20,57 @@ def dispatched_ops(fn: Callable[[], object]) -> Counter[str]:
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            ops[str(func.overloadpacket)] += 1
+            name = str(func.overloadpacket)
+            if not name.startswith("prim."):     # metadata queries (fake tensors dispatch prim.device)
+                ops[name] += 1
             return func(*args, **(kwargs or {}))
 
     with Record():
         fn()
     return ops
+
+
+def memory_traffic(fn: Callable[[], object]) -> Counter[str]:
+    """Bytes the tensor operations of one call of ``fn`` read and write, backward passes included,
+    by operation name: each operation reads each of its input tensors once and writes each tensor it
+    makes or modifies once.
+
+    That is the device-memory traffic of running the operations one kernel each (eager PyTorch),
+    counted without caches: a floor for such a run, since many kernels read an input twice (a
+    training BatchNorm: once for the statistics, once to normalise), and what a compiler that fuses
+    kernels saves. Views, metadata queries (``prim.device``) and ``empty`` move nothing; ``zeros_like``
+    and the other ``*_like``/``new_*`` factories only write. It works on fake tensors
+    (``torch._subclasses.fake_tensor.FakeTensorMode``), so a setting too large for the machine can be
+    counted without memory or compute (``benchmarks/roofline.py``).
+    """
+    traffic: Counter[str] = Counter()
+
+    def tensors(tree) -> list[torch.Tensor]:
+        return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
+
+    def size(ts) -> int:
+        unique = {id(t): t for t in ts}.values()
+        return sum(t.numel() * t.element_size() for t in unique)
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            schema, name = func._schema, str(func.overloadpacket)
+            if name.startswith(("aten.empty", "aten.new_empty")):
+                return out                                   # allocates, moves nothing
+            bound = {**dict(zip((a.name for a in schema.arguments), args)), **kwargs}
+            written = tensors([bound[a.name] for a in schema.arguments
+                               if a.name in bound and a.alias_info is not None and a.alias_info.is_write])
+            made = tensors(out)
+            if not written and (not made or all(r.alias_info is not None for r in schema.returns)):
+                return out                                   # a view, or no tensor at all
+            factory = name.endswith("_like") or name.startswith("aten.new_")
+            read = [] if factory else tensors((args, kwargs))
+            ids = {id(t) for t in written}
+            traffic[name] += size(read) + size(written) + size([t for t in made if id(t) not in ids])
+            return out
+
+    with Record():
+        fn()
+    return traffic

@@ -5,12 +5,12 @@ Tensor ops on the device, no per-group or per-element Python loop, no host-devic
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 import torch
 
+from freenet.device import device_constants
 from freenet.heatmaps import render_gaussians
 
 
@@ -89,7 +89,7 @@ class _GroupLayout:
     group_of: torch.Tensor     # (J,) the joint's row, G for none
 
 
-@functools.lru_cache(maxsize=64)
+@device_constants(maxsize=64)
 def _group_layout(groups: tuple[tuple[int, ...], ...], min_ratios: tuple[float, ...], num_joints: int,
                   batch: int, device: torch.device) -> _GroupLayout:
     if len(groups) != len(min_ratios) or not all(groups):

@@ -7,7 +7,6 @@ ImageNet mean/std happens on the training device (:func:`normalize_images`).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import cv2
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from freenet.data.photometric import RandAugment
+from freenet.device import device_constants
 from freenet.heatmaps import encode_keypoints
 from freenet.joints import JointSet
 
@@ -143,7 +143,7 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - mean) / std
 
 
-@functools.lru_cache(maxsize=None)
+@device_constants(maxsize=8)
 def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The constants, made once per device: building them from Python lists on every call is a
     blocking host-to-device copy on CUDA (and is not allowed inside a CUDA graph)."""
