@@ -35,13 +35,13 @@ def memory_traffic(fn: Callable[[], object]) -> Counter[str]:
     by operation name: each operation reads each of its input tensors once and writes each tensor it
     makes or modifies once.
 
-    That is the device-memory traffic of running the operations one kernel each (eager PyTorch),
-    counted without caches: a floor for such a run, since many kernels read an input twice (a
-    training BatchNorm: once for the statistics, once to normalise), and what a compiler that fuses
-    kernels saves. Views, metadata queries (``prim.device``) and ``empty`` move nothing; ``zeros_like``
-    and the other ``*_like``/``new_*`` factories only write. It works on fake tensors
-    (``torch._subclasses.fake_tensor.FakeTensorMode``), so a setting too large for the machine can be
-    counted without memory or compute (``benchmarks/roofline.py``).
+    That is the device-memory traffic of running the operations one kernel each (eager PyTorch) with
+    nothing kept in a cache between them. It is a floor for such a run (a training BatchNorm reads its
+    input twice: for the statistics, then to normalise), and fusing kernels saves part of it. Views,
+    metadata queries (``prim.device``) and ``empty`` move nothing; ``zeros_like`` and the other
+    ``*_like``/``new_*`` factories only write; a broadcast (expanded) input counts at its full size.
+    It works on fake tensors (``torch._subclasses.fake_tensor.FakeTensorMode``), so a setting too large
+    for the machine is counted without memory or arithmetic (``benchmarks/roofline.py``).
     """
     traffic: Counter[str] = Counter()
 
