@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -82,14 +83,14 @@ def main():
 
     t0 = time.perf_counter()
     fake, run = fake_step(args)
-    traffic = {}
     with fake:
         run()                           # the first step also makes the optimisers' state: not counted
-    with fake, FlopCounterMode(display=False) as flops:
+    traffic = Counter()
+    with fake, FlopCounterMode(display=False) as flops:   # one counted step, all three counters on
         ops = sum(dispatched_ops(lambda: traffic.update(memory_traffic(run))).values())
-    by_kind: dict[str, int] = {}
+    by_kind = Counter()
     for op, n in traffic.items():
-        by_kind[kind_of(op)] = by_kind.get(kind_of(op), 0) + n
+        by_kind[kind_of(op)] += n
     total, conv = sum(traffic.values()), by_kind.get("convolution", 0)
     tflop = flops.get_total_flops() / 1e12
     peak = args.peak_tflops or (989.0 if args.amp else 495.0)
@@ -99,7 +100,7 @@ def main():
     emit({"benchmark": "roofline", "device": "fake tensors (counted, not run)", "width": args.width,
           "size": args.size, "batch": args.batch, "mu": args.mu, "amp": "2-byte" if args.amp else "fp32",
           "tflop_per_step": round(tflop, 2), "tensor_ops_per_step": ops, "gb_per_step": round(total / 1e9, 1),
-          "gb_by_kind": {k: round(v / 1e9, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+          "gb_by_kind": {k: round(v / 1e9, 1) for k, v in by_kind.most_common()},
           "peak_tflops": peak, "bandwidth_tbs": args.bandwidth_tbs,
           "arithmetic_floor_s": round(arithmetic_s, 4), "eager_floor_s": round(eager_s, 4),
           "eager_ceiling_steps_per_s": round(1 / eager_s, 1), "convolutions_only_floor_s": round(fused_s, 4),
