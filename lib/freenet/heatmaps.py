@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from freenet.device import device_constants
 
+
 def encode_keypoints(keypoints: np.ndarray, visibility: np.ndarray, heatmap_size: tuple[int, int] = (64, 64),
                      stride: float = 4.0, sigma: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """GT heatmaps of one instance (SPEC §5.1).

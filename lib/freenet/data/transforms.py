@@ -145,8 +145,7 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
 
 @device_constants(maxsize=8)
 def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The constants, made once per device: building them from Python lists on every call is a
-    blocking host-to-device copy on CUDA (and is not allowed inside a CUDA graph)."""
+    """The constants, made once per device (:func:`~freenet.device.device_constants`)."""
     stats = torch.tensor([IMAGENET_MEAN, IMAGENET_STD]).view(2, 1, 3, 1, 1) * 255
     mean, std = stats.to(device)
     return mean, std
