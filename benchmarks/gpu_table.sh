@@ -58,11 +58,11 @@ for name in "${wanted[@]}"; do
     limit=${limit// /}
     echo "== $name:$command (limit $limit s)"
     start=$SECONDS
-    timeout "$limit" $command >"$out/$name.log" 2>&1
+    timeout -k 10 "$limit" $command >"$out/$name.log" 2>&1     # TERM at the limit, KILL 10 s later
     rc=$?
     grep '^{' "$out/$name.log" | tee -a "$out/figures.jsonl"
     tail -n 1 "$out/$name.log" | grep -v '^{'          # pytest's summary, or the error that ended it
-    echo "   exit $rc after $((SECONDS - start)) s$([ $rc = 124 ] && echo ' (time limit)')"
+    echo "   exit $rc after $((SECONDS - start)) s$( ((rc == 124 || rc == 137)) && echo ' (time limit)')"
     [ $rc = 0 ] || failed=$((failed + 1))
 done
 echo "$failed of ${#wanted[@]} failed; logs in $out/"
