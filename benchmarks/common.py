@@ -59,6 +59,7 @@ def emit(record: dict) -> None:
 
 
 def count_ops(fn: Callable[[], object]) -> int:
-    """Tensor operations one call of ``fn`` dispatches (freenet.profiling): on a GPU about one kernel
-    launch each, the same count on every device — a launch count measured without a GPU."""
-    return sum(dispatched_ops(fn).values())
+    """Tensor operations one call of ``fn`` dispatches that give the device work (views and bare
+    allocations left out; freenet.profiling): on a GPU about one kernel launch each, the same count on
+    every device — a launch count measured without a GPU."""
+    return sum(dispatched_ops(fn, launches_only=True).values())

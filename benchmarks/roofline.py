@@ -27,12 +27,12 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import emit
+from common import count_ops, emit
 from freenet.freenet_step import FreeNetHyper, FreeNetStep
 from freenet.joints import load_joint_set
 from freenet.models import PoseHighResolutionNet
 from freenet.optim import make_optimized
-from freenet.profiling import dispatched_ops, memory_traffic
+from freenet.profiling import memory_traffic
 
 # operation name -> kind, first match by prefix
 KINDS = (("convolution", ("aten.convolution",)),
@@ -87,7 +87,7 @@ def main():
         run()                           # the first step also makes the optimisers' state: not counted
     traffic = Counter()
     with fake, FlopCounterMode(display=False) as flops:   # one counted step, all three counters on
-        ops = sum(dispatched_ops(lambda: traffic.update(memory_traffic(run))).values())
+        ops = count_ops(lambda: traffic.update(memory_traffic(run)))
     by_kind = Counter()
     for op, n in traffic.items():
         by_kind[kind_of(op)] += n

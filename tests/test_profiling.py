@@ -38,6 +38,29 @@ def test_memory_traffic_counts_the_backward_pass():
     assert traffic["aten.threshold_backward"] == 3 * 80  # the incoming gradient and relu(x) in, x's gradient out
 
 
+def test_launches_leave_out_views_allocations_and_autograds_detaches():
+    conv, bn, x = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.randn(2, 3, 8, 8)
+
+    def train():
+        conv.zero_grad(), bn.zero_grad()       # gradients to None: no accumulating add_ on a second call
+        bn(conv(x)).relu_().sum().backward()
+
+    every, launches = dispatched_ops(train), dispatched_ops(train, launches_only=True)
+    # the engine detaches saved tensors and gradients, sum's backward expands, CPU BatchNorm makes an empty
+    # reserve: all seen by the dispatcher, none a kernel
+    assert every["aten.detach"] > 0 and every["aten.expand"] == 1 and every["aten.empty"] == 1
+    assert launches == {op: 1 for op in (
+        "aten.convolution", "aten.native_batch_norm", "aten.add_", "aten.relu_", "aten.sum", "aten.ones_like",
+        "aten.threshold_backward", "aten.native_batch_norm_backward", "aten.convolution_backward")}
+    y = torch.randn(10)
+    assert dispatched_ops(lambda: (y.view(2, 5), y.t(), y.expand(3, 10), y.detach(), torch.empty_like(y),
+                                   y.new_empty(3), y.device), launches_only=True) == {}
+    # in place and out= write, a read-back copies: each gives the device work
+    assert dispatched_ops(lambda: (y.relu_(), torch.add(y, y, out=torch.empty(10)), y.sum().item()),
+                          launches_only=True) == {"aten.relu_": 1, "aten.add": 1, "aten.sum": 1,
+                                                  "aten._local_scalar_dense": 1}
+
+
 def test_the_step_counts_the_same_on_fake_tensors(monkeypatch):
     """benchmarks/roofline.py counts the FreeNet step on fake tensors: the same operations and bytes
     as a real step at the same setting (after a first step that makes the optimisers' state)."""

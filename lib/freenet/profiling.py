@@ -9,19 +9,35 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 
-def dispatched_ops(fn: Callable[[], object]) -> Counter[str]:
+_ALLOCATIONS = ("aten.empty", "aten.new_empty")      # empty, empty_like, empty_strided, new_empty...
+
+
+def _is_view(schema) -> bool:
+    """Whether an operation only makes views: it writes none of its arguments and returns only
+    tensors that alias them (``view``, ``expand``, ``detach``)."""
+    writes = any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
+    return not writes and bool(schema.returns) and all(r.alias_info is not None for r in schema.returns)
+
+
+def dispatched_ops(fn: Callable[[], object], launches_only: bool = False) -> Counter[str]:
     """The tensor operations one call of ``fn`` dispatches, backward passes included, by name.
 
-    On a GPU each is about one kernel launch (views none), so their number sets the call's time
-    when launching outweighs the work. ``aten._local_scalar_dense`` is a value read back to the host
-    (``.item()``, ``float()``, ``if tensor:``): on CUDA, a sync.
+    ``aten._local_scalar_dense`` is a value read back to the host (``.item()``, ``float()``,
+    ``if tensor:``): on CUDA, a sync. With ``launches_only``, only the operations that give the device
+    work: views (the autograd engine detaches every saved tensor and gradient), bare allocations
+    (``empty``) and profiler ranges are left out; the dispatcher sees them, but no kernel runs for them.
+    The rest are about one kernel launch each on a GPU (a cuDNN call may launch more), so their number
+    sets the call's time when launching outweighs the work.
     """
     ops: Counter[str] = Counter()
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = str(func.overloadpacket)
-            if not name.startswith("prim."):     # metadata queries (fake tensors dispatch prim.device)
+            # prim.*: metadata queries (fake tensors dispatch prim.device)
+            quiet = name.startswith("prim.") or launches_only and (
+                name.startswith(_ALLOCATIONS + ("profiler.",)) or _is_view(func._schema))
+            if not quiet:
                 ops[name] += 1
             return func(*args, **(kwargs or {}))
 
@@ -57,13 +73,13 @@ def memory_traffic(fn: Callable[[], object]) -> Counter[str]:
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
             schema, name = func._schema, str(func.overloadpacket)
-            if name.startswith(("aten.empty", "aten.new_empty")):
+            if name.startswith(_ALLOCATIONS):
                 return out                                   # allocates, moves nothing
             bound = {**dict(zip((a.name for a in schema.arguments), args)), **kwargs}
             written = tensors([bound[a.name] for a in schema.arguments
                                if a.name in bound and a.alias_info is not None and a.alias_info.is_write])
             made = tensors(out)
-            if not written and (not made or all(r.alias_info is not None for r in schema.returns)):
+            if not written and (not made or _is_view(schema)):
                 return out                                   # a view, or no tensor at all
             factory = name.endswith("_like") or name.startswith("aten.new_")
             read = [] if factory else tensors((args, kwargs))
