@@ -44,6 +44,19 @@ def changed(before, model):
 L, U = batch(2, 1), batch(4, 2, with_target=False)
 
 
+@pytest.mark.parametrize("clip, expected", [(0.5, [-0.3, -0.4]), (1e9, [-3.0, -4.0])])
+def test_descend_clips_the_gradient_norm(clip, expected):
+    """loss = 3 w0 + 4 w1: gradient (3, 4), norm 5; SGD with lr 1 moves w by minus the (clipped) gradient."""
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    net = make_optimized(model, 1.0, 0.0, warmup_steps=0, total_steps=10, wait_steps=0, grad_clip=clip, device=CPU,
+                         amp_fp16=False)
+    net.optimizer = torch.optim.SGD(model.parameters(), lr=1.0)   # AdamW would hide the scale of the gradient
+    net.descend(model(torch.tensor([[3.0, 4.0]])).sum())
+    assert model.weight.detach().flatten().tolist() == pytest.approx(expected, rel=1e-5)
+    assert model.weight.grad is None
+
+
 def test_step_updates_both_networks_and_returns_device_tensors():
     step = make_step()
     t0, s0 = params(step.teacher.model), params(step.student.model)

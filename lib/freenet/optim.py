@@ -28,12 +28,15 @@ class OptimizedModel:
         """backward -> (all-reduce) -> unscale -> clip -> step -> scaler update -> zero grads.
 
         Nothing here reads a value back to the host, except the GradScaler's inf check when the
-        optimizer cannot take the scale itself (fused AdamW can; see make_adamw).
+        optimizer cannot take the scale itself (fused AdamW can; see make_adamw). The clip takes the
+        optimiser's parameter list: ``model.parameters()`` walks the 1,061 modules of a W32 network,
+        ~1 ms of host time per call.
         """
         self.scaler.scale(loss).backward()
         distributed.average_gradients(self.model)
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.grad_clip, foreach=True)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
