@@ -137,8 +137,8 @@ def labeled_at_origin(d):
 
 
 @needs_data
-@pytest.mark.parametrize("plant", [dup_ann_id, dup_image_id, keypoint_count, keypoints_missing, visibility_3, negative_width,
-                                   unknown_image, unknown_category, labeled_at_origin])
+@pytest.mark.parametrize("plant", [dup_ann_id, dup_image_id, keypoint_count, keypoints_missing, visibility_3,
+                                   negative_width, unknown_image, unknown_category, labeled_at_origin])
 def test_checker_names_each_planted_defect(plant, animalpose_val, tmp_path, capsys):
     data = copy.deepcopy(animalpose_val)
     kind, id_field, bad_id = plant(data)

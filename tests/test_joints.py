@@ -74,14 +74,16 @@ def test_maps_rebuilt_from_names_reproduce_spec(union):
 def test_maps_from_the_official_names_in_real_files(shared_data):
     """The category keypoint names inside the datasets' own files map onto the SPEC §2.4 maps."""
     u21 = load_joint_set("union21").joints
-    ap10k_names = json.loads((shared_data / "mmpose_samples/ap10k/test_ap10k.json").read_text())["categories"][0]["keypoints"]
+    def keypoint_names(relative):
+        return json.loads((shared_data / relative).read_text())["categories"][0]["keypoints"]
+
+    ap10k_names = keypoint_names("mmpose_samples/ap10k/test_ap10k.json")
     assert ap10k_names[4] == "root_of_tail" and ap10k_names[5] == "left_shoulder"
     assert map_by_name(ap10k_names, u21).tolist() == list(range(17))
-    apose = json.loads((shared_data / "freenet/annotation_files/animal_pose_val.json").read_text())
-    apose_names = apose["categories"][0]["keypoints"]
+    apose_names = keypoint_names("freenet/annotation_files/animal_pose_val.json")
     assert apose_names[5] == "left_front_elbow" and apose_names[19] == "tailbase"
     assert map_by_name(apose_names, u21).tolist() == as_index(ANIMALPOSE_MAP, 20).tolist()
-    mm_names = json.loads((shared_data / "mmpose_samples/animalpose/test_animalpose.json").read_text())["categories"][0]["keypoints"]
+    mm_names = keypoint_names("mmpose_samples/animalpose/test_animalpose.json")
     mm = map_by_name(mm_names, u21)
     assert mm[mm_names.index("L_F_Elbow")] == 5 and mm[mm_names.index("L_F_Knee")] == 6
     assert mm[mm_names.index("Withers")] == 20 and mm[mm_names.index("TailBase")] == 4

@@ -114,7 +114,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root, t
     straight, halves = tmp_path / "straight", tmp_path / "halves"
     assert run("train_split_ap10k", ["--level", "1", *tiny_args(synthetic_root, straight, steps=6, eval_step=3)]) == 0
     # stop between evaluations, so the resumed run also needs the losses summed since the last one
-    assert run("train_split_ap10k", ["--level", "1", "--stop-step", "2", *tiny_args(synthetic_root, halves, steps=6, eval_step=3)]) == 0
+    halves_args = tiny_args(synthetic_root, halves, steps=6, eval_step=3)
+    assert run("train_split_ap10k", ["--level", "1", "--stop-step", "2", *halves_args]) == 0
     first = only_run_dir(halves) / "checkpoint.pth"
     assert torch.load(first, weights_only=False)["step"] == 1
     assert f"Stopped after step 2 (--stop-step 2). Resume with --resume {first}" in capsys.readouterr().out

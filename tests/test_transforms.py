@@ -155,8 +155,8 @@ def test_dataset_sample_is_a_function_of_its_key(tmp_path):
     js = load_joint_set("ap10k")
     img = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "a.png"), img)
-    ds = KeypointDataset([record(tmp_path / "a.png")], TwoViewTransform(js, AugmentConfig(input_size=64, heatmap_size=16)),
-                         seed=5, stream=1)
+    transform = TwoViewTransform(js, AugmentConfig(input_size=64, heatmap_size=16))
+    ds = KeypointDataset([record(tmp_path / "a.png")], transform, seed=5, stream=1)
     a, b, c = ds[(0, 3)], ds[(0, 3)], ds[(0, 4)]
     assert torch.equal(a["aug"], b["aug"]) and torch.equal(a["target"], b["target"])
     assert not torch.equal(a["ori"], c["ori"])

@@ -40,7 +40,8 @@ ANIMALPOSE_MAP = [[0, 0], [1, 1], [2, 2], [3, 17], [4, 18], [5, 5], [6, 8], [7, 
 TIGDOG_MAP = [[0, 0], [1, 1], [2, 21], [3, 7], [4, 10], [5, 13], [6, 16], [7, 4], [8, 6], [9, 9], [10, 12],
               [11, 15], [12, 22], [13, 23], [14, 5], [15, 8], [16, 11], [17, 14], [18, 3]]
 AP10K_SIGMAS = [.025, .025, .026, .035, .035, .079, .072, .062, .079, .072, .062, .107, .087, .089, .107, .087, .089]
-UNION21_WEIGHTS = [1.0, 1.0, 1.0, 1.0, 1.2, 1.2, 1.2, 1.5, 1.2, 1.2, 1.5, 1.5, 1.2, 1.5, 1.5, 1.2, 1.5, 1.0, 1.0, 1.0, 1.0]
+UNION21_WEIGHTS = [1.0, 1.0, 1.0, 1.0, 1.2, 1.2, 1.2, 1.5, 1.2, 1.2, 1.5, 1.5, 1.2, 1.5, 1.5, 1.2, 1.5,
+                   1.0, 1.0, 1.0, 1.0]
 UNION24_WEIGHTS = [1, 1, 1, 1, 1, 1, 1.2, 1.5, 1, 1.2, 1.5, 1, 1.2, 1.5, 1, 1.2, 1.5, 1, 1, 1, 1, 1, 1, 1]
 AP10K_FLIPS = [[0, 1], [5, 8], [6, 9], [7, 10], [11, 14], [12, 15], [13, 16]]
 
@@ -268,7 +269,8 @@ def test_animal_kingdom_maps_only_the_same_points():
 
 def test_categories_that_disagree_are_an_error(tmp_path):
     data = {"images": [], "annotations": [], "categories": [
-        {"id": 1, "name": "dog", "keypoints": ["nose", "tail"]}, {"id": 7, "name": "cat", "keypoints": ["tail", "nose"]}]}
+        {"id": 1, "name": "dog", "keypoints": ["nose", "tail"]},
+        {"id": 7, "name": "cat", "keypoints": ["tail", "nose"]}]}
     path = tmp_path / "mixed.json"
     path.write_text(json.dumps(data))
     with pytest.raises(DataError, match=r"mixed.json: category 7 \('cat'\) lists other joints than category 1"):
@@ -373,7 +375,8 @@ def test_union_of_the_synthetic_sources_trains_on_the_same_records_as_the_spec_u
     the very labeled/unlabeled records the built-in 24-joint setting draws (SPEC §3.5)."""
     root = synthetic_root
     train = [SourceFile("ap10k", root / "ap_10k/annotations/ap10k-train-split1.json", root / "ap_10k/data"),
-             SourceFile("animalpose", root / "animal_pose/annotations/animal_pose_train.json", root / "animal_pose/data"),
+             SourceFile("animalpose", root / "animal_pose/annotations/animal_pose_train.json",
+                        root / "animal_pose/data"),
              SourceFile("tigdog", root / "tigdog/annotations/tigdog_train.json", root / "tigdog/data")]
     built = make_union_folder(tmp_path / "u", "u24", train, like=load_joint_set("union24"), sample_ratio=0.3)
     assert built.union["joints"] == UNION24_JOINTS and built.union["loss_weights"] == UNION24_WEIGHTS

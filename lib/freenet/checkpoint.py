@@ -79,7 +79,8 @@ def check_compatible(model: nn.Module, state: Mapping[str, torch.Tensor], path: 
     final = state.get("final_layer.weight")
     if final is not None and "final_layer.weight" in own and final.shape[0] != own["final_layer.weight"].shape[0]:
         raise CheckpointError(
-            f"{path}: checkpoint predicts {final.shape[0]} joints but the model has {own['final_layer.weight'].shape[0]} "
+            f"{path}: checkpoint predicts {final.shape[0]} joints "
+            f"but the model has {own['final_layer.weight'].shape[0]} "
             f"(pick the matching --cfg / MODEL.NUM_JOINTS, or the right checkpoint)")
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -106,7 +106,9 @@ def git_commit() -> str:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "") if out.returncode == 0 else "unknown"
+        if out.returncode != 0:
+            return "unknown"
+        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -249,7 +251,8 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
                     # The last steps ran after the last evaluation: keep them too.
                     _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
                 if loop.end() < loop.total_steps and state.step == loop.end() - 1:
-                    tqdm.write(f"Stopped after step {state.step + 1} (--stop-step {loop.stop_step}). {resume_hint(run)}")
+                    tqdm.write(f"Stopped after step {state.step + 1} (--stop-step {loop.stop_step}). "
+                               f"{resume_hint(run)}")
     finally:
         bar.close()
         recorder.close()

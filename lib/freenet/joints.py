@@ -91,7 +91,8 @@ class JointSet:
             return np.asarray(self.sigmas, dtype=np.float64)
         if protocol == "freenet":
             if self.sigmas_freenet is None:
-                raise JointSetError(f"{self.path}: joint set '{self.name}' has no 'sigmas_freenet' for --protocol freenet")
+                raise JointSetError(
+                    f"{self.path}: joint set '{self.name}' has no 'sigmas_freenet' for --protocol freenet")
             return np.asarray(self.sigmas_freenet, dtype=np.float64)
         raise ValueError(f"unknown evaluation protocol {protocol!r} (expected 'standard' or 'freenet')")
 
@@ -155,7 +156,8 @@ def parse_joint_set(data: dict, path: str = "<dict>") -> JointSet:
     for g in data["part_groups"]:
         if not isinstance(g, dict) or not {"name", "joints", "min_ratio"} <= set(g):
             raise _err(path, "part_groups", "each group needs 'name', 'joints' and 'min_ratio'")
-        groups.append(PartGroup(str(g["name"]), _index_list(path, "part_groups", g["joints"], n), float(g["min_ratio"])))
+        joints = _index_list(path, "part_groups", g["joints"], n)
+        groups.append(PartGroup(str(g["name"]), joints, float(g["min_ratio"])))
     sources = {}
     for src, spec in data.get("sources", {}).items():
         if not isinstance(spec, dict) or "map" not in spec:

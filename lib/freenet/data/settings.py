@@ -93,7 +93,8 @@ def build_training_sets(dataset_cfg, joint_set: JointSet, seed: int, check_image
     that leaves no labeled record is a :class:`ConfigError` that says how each list came about."""
     sets = _training_sets(dataset_cfg, joint_set, seed, check_images)
     if not sets.labeled:
-        raise ConfigError(f"no labeled training records (DATASET.LABELED {dataset_cfg.LABELED}): " + "; ".join(sets.notes))
+        raise ConfigError(f"no labeled training records (DATASET.LABELED {dataset_cfg.LABELED}): "
+                          + "; ".join(sets.notes))
     return sets
 
 
