@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from common import base_parser, count_ops, describe, emit, pick_device, sync, time_it
+from common import base_parser, describe, emit, pick_device, sync, time_it
 from freenet.cuda_graphs import GraphedStep
 from freenet.device import autocast_dtype, configure_backends
 from freenet.freenet_step import FreeNetHyper, FreeNetStep
@@ -30,6 +30,7 @@ from freenet.heatmaps import encode_keypoints
 from freenet.joints import load_joint_set
 from freenet.models import PoseHighResolutionNet, compile_regions
 from freenet.optim import make_optimized
+from freenet.profiling import dispatched_ops
 
 
 def synthetic_batch(n: int, size: int, joints: int, with_target: bool, seed: int) -> dict:
@@ -120,7 +121,10 @@ def main():
         record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
     if not (args.compile or args.compile_regions):   # counting does not see inside compiled code (it counts eager ops)
         # with --cuda-graphs: what the host still issues per step (input copies, schedules, the replay)
-        record["tensor_ops"] = count_ops(lambda: run_step(next(counter), labeled, unlabeled))
+        ops = dispatched_ops(lambda: run_step(next(counter), labeled, unlabeled), launches_only=True)
+        record["tensor_ops"] = sum(ops.values())
+        # which operations the launches are (convolutions, BatchNorm, ReLU, adds: what fusion would remove)
+        record["tensor_ops_top"] = {name.removeprefix("aten."): n for name, n in ops.most_common(8)}
     emit(record)
 
     # --- the parts, each on its own with the same tensors -----------------------------------------

@@ -230,6 +230,31 @@ def test_a_step_reads_no_value_back_to_the_host():
     assert ops["aten.nonzero"] == 0
 
 
+def test_a_steps_launches_are_five_forward_and_three_backward_passes():
+    """The launches of a step with feedback are the networks' own (README, Speed): five forward
+    passes (§6.2, three in §6.3, the updated student in §6.6) and three backward passes (the
+    student's, the teacher's through t_ori and t_aug), whose two teacher branches are summed into
+    each teacher parameter's gradient with one add; selection, losses and optimisers add a few dozen."""
+    step = make_step(feedback_start=0)
+    step(0, L, U)
+    net = copy.deepcopy(step.student.model)
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        fwd = dispatched_ops(lambda: net(x), launches_only=True)
+    out = net(x)
+    bwd = dispatched_ops(lambda: out.sum().backward(), launches_only=True)
+    ops = dispatched_ops(lambda: step(1, L, U), launches_only=True)
+    for name in ("aten.convolution", "aten.native_batch_norm", "aten.relu_", "aten.upsample_nearest2d"):
+        assert ops[name] == 5 * fwd[name] > 0, name
+    for name in ("aten.convolution_backward", "aten.native_batch_norm_backward", "aten.threshold_backward"):
+        assert ops[name] == 3 * bwd[name] > 0, name
+    teacher_params = sum(1 for _ in step.teacher.model.parameters())
+    outside_networks = ops["aten.add"] - 5 * fwd["aten.add"] - 3 * bwd["aten.add"] - teacher_params
+    assert 0 <= outside_networks <= 10
+    networks = 5 * sum(fwd.values()) + 3 * (sum(bwd.values()) - bwd["aten.sum"] - bwd["aten.ones_like"])
+    assert 0 < sum(ops.values()) - networks - teacher_params <= 200
+
+
 def test_selection_is_a_fixed_number_of_tensor_ops():
     """Pseudo-label selection and rendering of one step dispatch the same number of tensor ops
     whatever the batch, the joint count or the number of part groups: no per-sample, per-joint or
