@@ -234,7 +234,7 @@ def test_a_steps_launches_are_five_forward_and_three_backward_passes():
     """The launches of a step with feedback are the networks' own (README, Speed): five forward
     passes (§6.2, three in §6.3, the updated student in §6.6) and three backward passes (the
     student's, the teacher's through t_ori and t_aug), whose two teacher branches are summed into
-    each teacher parameter's gradient with one add; selection, losses and optimisers add a few dozen."""
+    each teacher parameter's gradient with one add; selection, losses and optimisers are the rest (under 200)."""
     step = make_step(feedback_start=0)
     step(0, L, U)
     net = copy.deepcopy(step.student.model)
