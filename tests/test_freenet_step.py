@@ -107,16 +107,29 @@ def test_pseudo_labels_are_rendered_where_the_mask_says():
     assert mask[3:].sum() == 0               # low-confidence joints below the 0.2 floor are dropped
 
 
-def test_first_student_forward_only_moves_batchnorm_statistics():
-    """§6.2: the no-grad forward of the student on X_ori is part of the step (BN side effect)."""
-    step = make_step()
-    ref = copy.deepcopy(step.student.model)
-    with torch.no_grad():
-        step.student.model(step.views(L, U, "ori"))
-    bn = [(n, m) for n, m in step.student.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    ref_bn = dict(ref.named_modules())
-    assert any(not torch.equal(m.running_mean, ref_bn[n].running_mean) for n, m in bn)
-    assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), step.student.model.parameters()))
+@pytest.mark.parametrize("feedback_start", [0, 5])
+def test_first_student_forward_only_moves_batchnorm_statistics(monkeypatch, feedback_start):
+    """§6.2: the step's no-grad student forward on X_ori changes the student's BatchNorm running
+    statistics and nothing else: the same step without it gives the same weights, other statistics."""
+    plain, skipping = make_step(feedback_start=feedback_start), make_step(feedback_start=feedback_start)
+    forward, calls = skipping.student.model.forward, []
+
+    def forward_but_the_first(x):
+        calls.append((x, torch.is_grad_enabled()))
+        return forward(x) if len(calls) > 1 else None
+
+    monkeypatch.setattr(skipping.student.model, "forward", forward_but_the_first)
+    plain(0, L, U)
+    skipping(0, L, U)
+    assert torch.equal(calls[0][0], skipping.views(L, U, "ori")) and not calls[0][1]
+    for net in ("teacher", "student"):
+        a, b = getattr(plain, net).model, getattr(skipping, net).model
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    bn = [(m, n) for m, n in zip(plain.student.model.modules(), skipping.student.model.modules())
+          if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.num_batches_tracked == n.num_batches_tracked + 1 for m, n in bn)
+    assert all(not torch.equal(m.running_mean, n.running_mean) for m, n in bn)
+    assert all(torch.equal(a, b) for a, b in zip(plain.teacher.model.buffers(), skipping.teacher.model.buffers()))
 
 
 def test_labeled_only_ablation_has_no_pseudo_labels_or_feedback():
