@@ -60,6 +60,26 @@ def test_predict_finds_a_blob_within_the_decoding_resolution(box, sigma, flip):
     assert (scores > 0).all()
 
 
+def test_predict_with_flip_gives_the_keypoints_the_evaluation_scores():
+    """The module's promise: the same box, flip test on -> the evaluation's keypoints and scores."""
+    from freenet.data.dataset import read_image
+    from freenet.evaluation import EvalSettings, Evaluator
+    ann_file = REPO.parent / "shared" / "data" / "mmpose_samples" / "ap10k" / "test_ap10k.json"
+    if not ann_file.is_file():
+        pytest.skip(f"shared test data not found at {ann_file}")
+    torch.manual_seed(0)
+    model = PoseHighResolutionNet(17, width=8).eval()
+    joint_set = load_joint_set("ap10k")
+    evaluator = Evaluator(ann_file, ann_file.parent, joint_set, EvalSettings(input_size=128, heatmap_size=32))
+    expected, maxvals, _ = evaluator.predict(model, "cpu", fold=False)
+    boxes = {a["id"]: a["bbox"] for a in json.loads(ann_file.read_text())["annotations"]}
+    for i, (path, ann_id) in enumerate(zip(evaluator.records.image_paths, evaluator.records.ann_ids.tolist())):
+        keypoints, scores = predict(model, read_image(path), boxes[ann_id], flip=True, joint_set=joint_set,
+                                    input_size=128)
+        np.testing.assert_allclose(keypoints, expected[i], atol=1e-4)
+        np.testing.assert_allclose(scores, maxvals[i], atol=1e-6)
+
+
 def test_whole_image_box_keeps_the_aspect_ratio():
     image = np.zeros((300, 500, 3), np.uint8)
     centre, scale, usable = box_centre_scale(whole_image_box(image)[None], np.array([[500, 300]]))

@@ -4,8 +4,9 @@
     keypoints, scores = predict(model, image, box=None, flip=True, joint_set=joint_set)
     picture = draw_pose(image, keypoints, scores, joint_set)
 
-The crop, flip test, decoding and back-projection are the evaluation's own functions, so a
-keypoint predicted here is exactly what ``eval_ap10k.py`` would score for the same box.
+The crop, flip test, decoding and back-projection are the evaluation's own functions, so with
+``flip=True`` (the evaluation's default flip test) a keypoint predicted here is exactly what
+``eval_ap10k.py`` would score for the same box.
 """
 from __future__ import annotations
 
