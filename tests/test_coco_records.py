@@ -121,6 +121,55 @@ def test_mmpose_animalpose_order_to_union21_by_names():
     assert vis[horse, 8] == 0 and vis[horse, 5] == 2
 
 
+# Annotation 129 of MMPose's AnimalPose sample in FreeNet's AnimalPose order (SPEC §2.2), read off the
+# file by joint name: e.g. its 5th triplet is Nose (102, 109) -> slot 2; R_B_Elbow, R_B_Knee, R_B_Paw
+# are unannotated -> slots 8, 12, 16.
+CAT_129_FREENET_ORDER = [(117, 95), (85, 102), (102, 109), (115, 56), (62, 78), (123, 142), (40, 161),
+                         (182, 160), (0, 0), (115, 186), (64, 192), (189, 195), (0, 0), (84, 214), (53, 209),
+                         (146, 206), (0, 0), (104, 130), (144, 53), (235, 163)]
+
+
+@needs_data
+def test_mmpose_animalpose_file_read_as_freenet_order_is_reordered_by_names(caplog):
+    """SPEC §2.2: both AnimalPose conversions load into the FreeNet order (by joint names)."""
+    ann_file = MMPOSE / "animalpose" / "test_animalpose.json"
+    original = ann_file.read_text()
+    with caplog.at_level("INFO", logger="freenet.data.coco"):
+        records = load_coco_records(ann_file, ann_file.parent, load_joint_set("animalpose"), "animalpose")
+    assert "reordered by name" in caplog.text
+    np.testing.assert_array_equal(records[0].keypoints, CAT_129_FREENET_ORDER)
+    assert np.flatnonzero(records[0].visibility == 0).tolist() == [8, 12, 16]
+    as_written = load_coco_records(ann_file, ann_file.parent, load_joint_set("animalpose_mmpose"), "animalpose")
+    np.testing.assert_array_equal(as_written[0].keypoints[[0, 1, 4, 2, 3]], records[0].keypoints[:5])
+    assert ann_file.read_text() == original
+
+
+@needs_data
+def test_evaluator_scores_an_mmpose_order_file_in_the_joint_set_order():
+    """The evaluated keypoints and the COCOeval ground truth are both reordered, so they agree."""
+    from freenet.evaluation import Evaluator
+    ann_file = MMPOSE / "animalpose" / "test_animalpose.json"
+    ev = Evaluator(ann_file, ann_file.parent, "animalpose")
+    np.testing.assert_array_equal(ev.records.keypoints[0], CAT_129_FREENET_ORDER)
+    gt = np.asarray(ev.coco.anns[129]["keypoints"]).reshape(20, 3)
+    np.testing.assert_array_equal(gt[:, :2], CAT_129_FREENET_ORDER)
+
+
+def test_joint_order_errors_and_unknown_names(ap10k_sample, caplog):
+    root, data = ap10k_sample
+    names = data["categories"][0]["keypoints"]
+    swapped = dict(data["categories"][0], id=99, keypoints=[names[1], names[0]] + names[2:])
+    two_orders = dict(data, categories=data["categories"] + [swapped])
+    with pytest.raises(DataError, match=r"orders.json.*categories\[id=99\].keypoints.*another order"):
+        load_coco_records(_write(root / "orders.json", two_orders), root, load_joint_set("ap10k"))
+    unknown = dict(data, categories=[dict(data["categories"][0], keypoints=["spot"] + names[1:])])
+    with caplog.at_level("WARNING", logger="freenet.data.coco"):
+        records = load_coco_records(_write(root / "unknown.json", unknown), root, load_joint_set("ap10k"))
+    assert "unknown.json" in caplog.text and "unknown: spot" in caplog.text
+    np.testing.assert_array_equal(records[0].keypoints, load_coco_records(root / "test_ap10k.json", root,
+                                                                          load_joint_set("ap10k"))[0].keypoints)
+
+
 @needs_data
 @pytest.mark.parametrize("union_name", ["union21", "union24"])
 def test_to_union_follows_spec_map_on_real_animalpose_record(union_name):
@@ -274,6 +323,14 @@ def test_box_and_keypoint_filters(tmp_path):
     assert [r.ann_id for r in records] == [14, 10, 13]
     np.testing.assert_array_equal(records[2].keypoints, [[0, 0], [3, 4]])
     np.testing.assert_array_equal(records[2].visibility, [0, 0])
+
+
+def test_null_keypoint_names_the_annotation(ap10k_sample):
+    """A JSON null among the keypoints would become NaN coordinates: an error instead (SPEC §3.2)."""
+    root, data = ap10k_sample
+    data["annotations"][1]["keypoints"][0] = None   # annotation 6
+    with pytest.raises(DataError, match=r"null.json \(id 6\): 'keypoints' must contain only numbers"):
+        load_coco_records(_write(root / "null.json", data), root, load_joint_set("ap10k"))
 
 
 # ----------------------------------------------------------------------------------------------

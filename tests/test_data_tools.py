@@ -227,6 +227,30 @@ def test_checker_joint_set_sets_the_keypoint_count(animalpose_val):
     assert report.stats["joints"]["21"]["names"] == list(load_joint_set("union21").joints)
 
 
+@needs_data
+def test_checker_reads_joints_by_name_like_training(tmp_path):
+    """MMPose's AnimalPose order checked against 'animalpose': a note with the map (SPEC §2.2), and
+    statistics in the set's order; categories in two orders: an error; unknown names: a warning."""
+    ann_file = SHARED / "mmpose_samples" / "animalpose" / "test_animalpose.json"
+    joint_set = load_joint_set("animalpose")
+    report = check_coco_file(ann_file, joint_set=joint_set)
+    assert report.kinds() == Counter({"joints_reordered": 1, "images_not_checked": 1})
+    # L_Eye, R_Eye, L_EarBase, R_EarBase, Nose, Throat, TailBase, Withers, then the legs in order
+    assert "set joint [0, 1, 3, 4, 2, 17, 19, 18, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]" in str(report.issues[0])
+    records = load_coco_records(ann_file, ann_file.parent, joint_set)
+    assert report.stats["joints"]["20"]["visible"] == sum(r.visibility > 0 for r in records).tolist()
+
+    data = json.loads(ann_file.read_text())
+    names = data["categories"][0]["keypoints"]
+    two = dict(data, categories=data["categories"] + [{"id": 9, "name": "x", "keypoints": names[::-1]}])
+    report = check_coco_file(write_json(tmp_path / "two.json", two), joint_set=joint_set)
+    assert report.kinds("error") == Counter({"category_joint_order": 1})
+    assert "categories[id=9].keypoints" in str(report.errors[0])
+    unknown = dict(data, categories=[dict(data["categories"][0], keypoints=["spot"] + names[1:])])
+    report = check_coco_file(write_json(tmp_path / "unknown.json", unknown), joint_set=joint_set)
+    assert report.kinds("warning") == Counter({"joint_names_unknown": 1}) and "unknown: spot" in str(report.issues[0])
+
+
 def test_checker_survives_hostile_entries(tmp_path):
     data = {"images": ["not an object", {"id": 1, "file_name": "a.jpg", "width": 10, "height": 10},
                        {"id": [2], "file_name": "b.jpg"}],

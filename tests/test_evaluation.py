@@ -308,6 +308,20 @@ def test_eval_records_reject_a_joint_set_of_the_wrong_size():
         eval_records(ANN / "animal_pose_val.json", "/imgs", load_joint_set("ap10k"))
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("keypoints", [1, None, 2] + [0] * 48, "'keypoints' must contain only numbers"),
+    ("bbox", ["0", 0, 5, 5], r"'bbox' must be 4 numbers"),
+])
+def test_eval_records_name_the_annotation_with_a_value_that_is_not_a_number(tmp_path, field, value, message):
+    ann = {"id": 7, "image_id": 1, "bbox": [0, 0, 5, 5], "keypoints": [1, 2, 2] + [0] * 48, "area": 25}
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}],
+            "annotations": [{**ann, field: value}]}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=rf"bad\.json \(id 7\): {message}"):
+        eval_records(path, tmp_path, load_joint_set("ap10k"))
+
+
 @needs_data
 def test_union_images_fall_back_to_their_source_folders(tmp_path):
     ann_file = ANN / "ap_10k_animal_pose_union_val.json"
@@ -522,7 +536,8 @@ def test_crops_are_cached_after_the_first_evaluation(tmp_path):
 
 @needs_data
 def test_missing_images_are_reported_when_the_evaluator_is_built(tmp_path):
-    with pytest.raises(DataError, match=r"2 evaluation images not found"):
+    with pytest.raises(DataError, match=r"test_ap10k\.json \(id 6\): 2 evaluation images not found, e\.g\. "
+                                        r"\S*000000000004\.jpg"):
         Evaluator(MMPOSE / "ap10k" / "test_ap10k.json", tmp_path, "ap10k")
 
 

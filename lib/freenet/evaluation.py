@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from freenet.data.coco import DataLayout, load_coco_json, load_json, normalize_source
+from freenet.data.coco import DataLayout, in_joint_set_order, load_coco_json, load_json, normalize_source
 from freenet.data.dataset import read_image
 from freenet.data.transforms import normalize_images
 from freenet.config import configured_joint_set
@@ -119,10 +119,11 @@ def eval_records(ann_file: str | os.PathLike, image_dir: str | os.PathLike, join
     Images are ``image_dir / file_name``. With ``fallback_roots`` ({source: folder}) an image not
     in ``image_dir`` is taken from its source's folder (the union files' per-annotation or
     per-image ``from`` field: ap_10k / animal_pose / tigdog), so union sets need no image copy.
-    ``data`` is the already-parsed file, if the caller has it.
+    ``data`` is the already-parsed file in the joint set's order (:func:`~freenet.data.coco.in_joint_set_order`),
+    if the caller has it.
     """
     ann_file = str(ann_file)
-    data = load_coco_json(ann_file) if data is None else data
+    data = in_joint_set_order(ann_file, load_coco_json(ann_file), joint_set) if data is None else data
     for key in ("images", "annotations"):
         if not isinstance(data.get(key), list):
             raise DataError(ann_file, f"expected a list under '{key}'")
@@ -144,10 +145,13 @@ def eval_records(ann_file: str | os.PathLike, image_dir: str | os.PathLike, join
         if len(kps) != 3 * num_joints:
             raise DataError(ann_file, f"'keypoints' has {len(kps)} values, expected 3*{num_joints} for joint set "
                             f"'{joint_set.name}'", ann.get("id"))
-        if not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4):
-            raise DataError(ann_file, f"'bbox' must be [x, y, w, h], got {ann['bbox']!r:.80}", ann.get("id"))
+        box = ann["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise DataError(ann_file, f"'bbox' must be 4 numbers [x, y, w, h], got {box!r:.80}", ann.get("id"))
         if ann.get("image_id") not in images:
             raise DataError(ann_file, f"annotation points at unknown image id {ann.get('image_id')}", ann.get("id"))
+        if not all(isinstance(v, (int, float)) for v in kps):
+            raise DataError(ann_file, "'keypoints' must contain only numbers", ann.get("id"))
         if max(kps) == 0 or ann.get("num_keypoints", 1) == 0 or ann.get("area", 1) <= 0:
             continue
         per_image[ann["image_id"]].append(ann)
@@ -548,15 +552,16 @@ class Evaluator:
         self.joint_set = load_joint_set(joint_set) if isinstance(joint_set, (str, os.PathLike)) else joint_set
         self.settings = settings
         self.ann_file = str(ann_file)
-        data = load_coco_json(ann_file)
+        data = in_joint_set_order(ann_file, load_coco_json(ann_file), self.joint_set)
         self.records = eval_records(ann_file, image_dir, self.joint_set, fallback_roots, data=data)
         if len(self.records) == 0:
             raise DataError(ann_file, "no evaluable instance (non-crowd, with keypoints and a usable box)")
         if check_images:
             missing = sorted({p for p in self.records.image_paths if not os.path.isfile(p)})
             if missing:
+                first = self.records.image_paths.index(missing[0])
                 raise DataError(ann_file, f"{len(missing)} evaluation images not found, e.g. {missing[0]} "
-                                f"(image folder {image_dir})")
+                                f"(image folder {image_dir})", int(self.records.ann_ids[first]))
         self.coco = coco_ground_truth(data, ann_file)
         self.sigmas = self.joint_set.sigmas_for(settings.protocol)
         self.flip_index = self.joint_set.flip_index

@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from freenet.data.coco import load_coco_json, normalize_source
+from freenet.data.coco import file_joint_order, in_joint_set_order, load_coco_json, normalize_source
 from freenet.errors import DataError
 from freenet.joints import JointSet, load_joint_set
 
@@ -51,6 +51,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "bad_category_entry": (ERROR, "a category entry is not an object with an 'id'"),
     "duplicate_category_id": (ERROR, "two categories share an id"),
     "category_keypoints_mismatch": (WARNING, "categories list another joint count than every annotation has"),
+    "category_joint_order": (ERROR, "categories list the same joints in different orders"),
+    "joint_names_unknown": (WARNING, "the categories' joint names are not the joint set's (file order is used)"),
+    "joints_reordered": (INFO, "the categories list the joint set's joints in another order (read by name)"),
     "bad_annotation_entry": (ERROR, "an annotation is not an object with an 'id'"),
     "duplicate_annotation_id": (ERROR, "two annotations share an id"),
     "unknown_image": (ERROR, "annotation points at an image id not in 'images'"),
@@ -281,6 +284,8 @@ def check_coco_file(path: str | os.PathLike, image_dirs: Sequence[str | os.PathL
 
     images = _check_images(path, data["images"], add)
     categories = _check_categories(path, data.get("categories"), add)
+    if joint_set is not None:
+        data = _joint_order(path, data, joint_set, add)
     if check_images and image_dirs:
         _decode_images(path, images, image_dirs, add, workers, progress)
     elif images:
@@ -379,6 +384,24 @@ class _Ann:
     keypoints: list | None  # 3J numbers when the count is right
     kept: bool              # SPEC §3.2: usable box and a non-zero keypoint value
     num_keypoints: object = None
+
+
+def _joint_order(path, data: dict, joint_set: JointSet, add) -> dict:
+    """The file in the joint set's order, as training and evaluation read it; issues on the names."""
+    try:
+        source, problem = file_joint_order(path, data, joint_set)
+    except DataError as e:
+        add(Issue("category_joint_order", path, str(e).split(": ", 1)[-1], field="categories"))
+        return data
+    if problem:
+        add(Issue("joint_names_unknown", path, problem, field="categories"))
+    if source is None:
+        return data
+    slots = np.argsort(source).tolist()       # file joint j -> the set's joint slots[j]
+    add(Issue("joints_reordered", path, f"joints listed in another order than joint set '{joint_set.name}'; "
+              f"training and evaluation read them by name (file joint j -> set joint {slots}[j])",
+              field="categories"))
+    return in_joint_set_order(path, data, joint_set)
 
 
 def _expected_joints(path, annotations, categories, joint_set, add) -> tuple[dict, int]:

@@ -23,7 +23,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from freenet.errors import DataError
-from freenet.joints import JointSet, load_joint_set, remap_keypoints
+from freenet.joints import JointSet, load_joint_set, map_by_name, remap_keypoints
 from freenet.data.records import Record
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,60 @@ def load_coco_json(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise DataError(path, f"expected a JSON object at the top level, got {type(data).__name__}")
     return data
+
+
+def file_joint_order(ann_file: str | os.PathLike, data: dict, joint_set: JointSet) -> tuple[list[int] | None, str]:
+    """How the file's joint names line up with ``joint_set`` (SPEC §2.2: AnimalPose maps by names).
+
+    The categories that list exactly J names say the file's order; their names are resolved
+    through the alias table (:func:`~freenet.joints.map_by_name`). Returns ``(source, problem)``:
+    ``source[t]`` is the file joint that goes to the set's slot t when the names are the set's
+    joints in another order (MMPose's AnimalPose conversion read as ``animalpose``), else None
+    (the set's own order, or no category lists J names: union files name only AP-10K's 17);
+    ``problem`` says which names are not the set's ('' when all are). Raises :class:`DataError`
+    naming the file and the category when categories list the joints in different orders.
+    """
+    categories = [c for c in data.get("categories") or [] if isinstance(c, dict)
+                  and isinstance(c.get("keypoints"), list) and len(c["keypoints"]) == joint_set.num_joints]
+    if not categories:
+        return None, ""
+    names = [str(n) for n in categories[0]["keypoints"]]
+    for cat in categories[1:]:
+        if [str(n) for n in cat["keypoints"]] != names:
+            raise DataError(ann_file, f"categories[id={cat.get('id')}].keypoints lists the joints in another order "
+                            f"than categories[id={categories[0].get('id')}]: split the file per joint order")
+    index = map_by_name(names, joint_set.joints)     # file joint -> slot in the set, -1 = unknown
+    order = np.arange(joint_set.num_joints)
+    if np.array_equal(index, order):
+        return None, ""
+    if not np.array_equal(np.sort(index), order):
+        unknown = [n for n, i in zip(names, index.tolist()) if i < 0]
+        return None, (f"the joint names of its categories are not those of joint set '{joint_set.name}' ("
+                      + (f"unknown: {', '.join(unknown)}" if unknown else "some joint named twice") + ")")
+    return np.argsort(index).tolist(), ""
+
+
+def in_joint_set_order(ann_file: str | os.PathLike, data: dict, joint_set: JointSet) -> dict:
+    """``data`` with every annotation's keypoints in ``joint_set``'s order (:func:`file_joint_order`).
+
+    A file in the set's order comes back as it is; one that lists the set's joints in another
+    order comes back as a copy with each annotation's keypoint triplets permuted (``data`` is left
+    as it is). Names that are not the set's are reported in the log and the file order is kept.
+    """
+    source, problem = file_joint_order(ann_file, data, joint_set)
+    if problem:
+        logger.warning("%s: %s; reading the keypoints in file order", ann_file, problem)
+    if source is None or not isinstance(data.get("annotations"), list):
+        return data
+    logger.info("%s: joints listed in another order than joint set '%s'; reordered by name", ann_file, joint_set.name)
+
+    def reorder(ann):
+        kps = ann.get("keypoints") if isinstance(ann, dict) else None
+        if not isinstance(kps, list) or len(kps) != 3 * len(source):
+            return ann
+        return {**ann, "keypoints": [v for s in source for v in kps[3 * s:3 * s + 3]]}
+
+    return {**data, "annotations": [reorder(a) for a in data["annotations"]]}
 
 
 class _DirListing:
@@ -145,6 +199,8 @@ def load_coco_records(ann_file: str | os.PathLike, image_root: str | os.PathLike
     """
     ann_file = str(ann_file)
     data = load_coco_json(ann_file)
+    if joint_set is not None:
+        data = in_joint_set_order(ann_file, data, joint_set)
     images = _require(ann_file, data, "images", "the file")
     annotations = _require(ann_file, data, "annotations", "the file")
     if not isinstance(images, list) or not isinstance(annotations, list):
@@ -212,6 +268,10 @@ def load_coco_records(ann_file: str | os.PathLike, image_root: str | os.PathLike
         bad = next((ann["id"] for _, ann in kept
                     if not all(isinstance(v, (int, float)) for v in ann["keypoints"])), None)
         raise DataError(ann_file, "'keypoints' must contain only numbers", bad) from None
+    finite = np.isfinite(values).all(axis=(1, 2))
+    if not finite.all():    # a JSON null becomes NaN above
+        raise DataError(ann_file, "'keypoints' must contain only numbers (found null, NaN or infinity)",
+                        kept[int(np.argmin(finite))][1]["id"])
     coords = np.ascontiguousarray(values[..., :2])  # (N, J, 2)
     vis = np.ascontiguousarray(values[..., 2])      # (N, J)
     boxes = np.asarray([ann["bbox"] for _, ann in kept], dtype=np.float32)  # (N, 4)
