@@ -21,7 +21,9 @@ def encode_keypoints(keypoints: np.ndarray, visibility: np.ndarray, heatmap_size
     keypoints (J, 2) in input-crop pixels, visibility (J,). A joint with visibility >= 0.5 gets a
     (6σ+1)² window of exp(-d²/2σ²) (peak 1, unnormalised) centred on the integer cell
     ``int(x / stride + 0.5)``; the part of the window inside the map is pasted. A joint whose
-    window lies entirely outside the map is marked not valid.
+    window lies entirely outside the map is marked not valid, on all four sides (the far corner
+    counts as inside the window; the original's exclusive corner kept cell -7 valid, README
+    "differences" 11).
     Returns heatmaps (J, H, W) float32 and valid (J,) float32 of 0/1.
     """
     width, height = heatmap_size
