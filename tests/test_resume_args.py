@@ -121,3 +121,74 @@ def test_a_split_yaml_without_level_asks_for_it():
         config_from_args(args)
     level_1 = config_from_args(supervised_parser().parse_args(["--level", "1"]))
     assert level_1.DATASET.SPLIT_FILE.endswith("level_1.json")
+
+
+@pytest.mark.parametrize("flag, value, message", [("--eval-step", "0", "must be at least 1, got 0"),
+                                                  ("--down-step", "-3", "must be at least 1, got -3"),
+                                                  ("--mu", "-1", "must be at least 0, got -1"),
+                                                  ("--batch-size", "two", "expected an integer, got 'two'")])
+def test_step_counts_out_of_range_are_refused_by_flag(flag, value, message, capsys):
+    with pytest.raises(SystemExit):
+        build_parser(SCRIPTS["train_split_ap10k"]).parse_args(["--level", "0", flag, value])
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
+    assert build_parser(SCRIPTS["train_split_ap10k"]).parse_args(["--mu", "0"]).mu == 0
+
+
+@pytest.mark.parametrize("text, message", [("SEED: [1\n", "not valid YAML"),
+                                           ("- 1\n- 2\n", "expected a mapping of config keys"),
+                                           ("TRAIN:\n  OPTIMIZER: sgd\n", "TRAIN.OPTIMIZER 'sgd' is not supported"),
+                                           ("TRAIN:\n  SHUFFLE: false\n", "TRAIN.SHUFFLE False is not supported"),
+                                           ("FREENET:\n  EVAL_SCHEDULE: [[100]]\n", "FREENET.EVAL_SCHEDULE"),
+                                           ("FREENET:\n  EVAL_SCHEDULE: [[100, 0]]\n", "integers >= 1")])
+def test_a_yaml_that_cannot_be_honoured_is_a_config_error_naming_the_file(tmp_path, text, message):
+    from freenet.config import ConfigError, load_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="bad.yaml") as e:
+        load_config(str(path))
+    assert message in str(e.value)
+    assert load_config(None, ["FREENET.EVAL_SCHEDULE", "[[100, 5]]"]).FREENET.EVAL_SCHEDULE == [[100, 5]]
+
+
+def test_cudnn_keys_reach_the_backend():
+    from freenet.device import configure_backends
+
+    cudnn = torch.backends.cudnn
+    saved = cudnn.enabled, cudnn.deterministic, cudnn.benchmark
+    try:
+        configure_backends(torch.device("cuda"), cudnn_benchmark=True, cudnn_deterministic=True, cudnn_enabled=False)
+        assert (cudnn.enabled, cudnn.deterministic, cudnn.benchmark) == (False, True, False)
+        configure_backends(torch.device("cuda"), cudnn_benchmark=True)
+        assert (cudnn.enabled, cudnn.deterministic, cudnn.benchmark) == (True, False, True)
+    finally:
+        cudnn.enabled, cudnn.deterministic, cudnn.benchmark = saved
+
+
+def test_a_weights_name_with_an_unknown_field_is_one_line(tmp_path, capsys):
+    from freenet.training import run
+
+    code = run("train_split_ap10k", ["--level", "0", "--device", "cpu", "--pretrained-weights-name", "x{y}.pth",
+                                     "--output-dir", str(tmp_path)])
+    assert code == 1
+    assert "--pretrained-weights-name 'x{y}.pth': the only fields are {level} and {ratio}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())                       # refused before a run folder exists
+
+
+def test_supervised_epoch_is_one_pass_over_the_records_on_all_ranks():
+    from freenet.supervised import epoch_length
+
+    assert epoch_length(1000, 32) == 31                      # 992 records seen, as the original's drop_last
+    assert epoch_length(1000, 32, world_size=2) == 15        # 2 x 32 records per iteration
+    assert epoch_length(10, 32, world_size=4) == 1
+
+
+def test_copy_atomic_copies_and_leaves_no_partial_file(tmp_path):
+    from freenet.fileio import copy_atomic
+
+    (tmp_path / "best.pth").write_bytes(b"weights" * 1000)
+    copy_atomic(tmp_path / "best.pth", tmp_path / "out" / "base.pth")
+    assert (tmp_path / "out" / "base.pth").read_bytes() == b"weights" * 1000
+    with pytest.raises(FileNotFoundError):
+        copy_atomic(tmp_path / "missing.pth", tmp_path / "out" / "other.pth")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["base.pth"]

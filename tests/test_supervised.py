@@ -115,21 +115,22 @@ def test_interrupt_inside_an_epoch_or_stop_epoch_resumes_where_it_stopped(synthe
 
     assert supervised_main(args(tmp_path / "straight")) == 0
 
-    class CtrlC:  # Ctrl-C arrives during the third iteration of the first epoch
-        requested = False
-
+    class CtrlC(sup.Interrupt):  # Ctrl-C arrives during the third iteration of the first epoch
         def __enter__(self):
             return self
 
         def __exit__(self, *exc):
             return False
 
+        def stop_now(self, step):
+            self.requested = len(calls) == 3
+            return super().stop_now(step)
+
     calls = []
     loss = sup.weighted_heatmap_mse
 
     def counting_loss(*a):
         calls.append(1)
-        CtrlC.requested = len(calls) == 3
         return loss(*a)
 
     monkeypatch.setattr(sup, "Interrupt", CtrlC)

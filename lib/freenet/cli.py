@@ -25,6 +25,23 @@ USER_ERRORS = (DataError, CheckpointError, ConfigError, JointSetError, Evaluatio
                FileNotFoundError)
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``low`` (``--eval-step 0`` is refused by name, not by a ZeroDivisionError)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = at_least(1), at_least(0)
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` shows each flag's default, except where there is none (None, or a switch that is off)."""
 
@@ -44,7 +61,7 @@ def add_run_args(p: argparse.ArgumentParser, cfg: str, *, needs_level=False, has
     a("--output-dir", default="./experiment", help="parent folder of the run directories")
     a("--resume", default=None, help="RUN/checkpoint.pth: continue that run with its own flags and config "
                                       "(RUN/args.json, RUN/config.yaml); flags given again win")
-    a("--workers", type=int, default=8, help="data-loader processes (0 = load in the main process)")
+    a("--workers", type=NON_NEGATIVE, default=8, help="data-loader processes (0 = load in the main process)")
     a("--seed", type=int, default=2, help="seed of the weights' init, the labeled subset and the data stream")
     a("--keypoints-path", default=None, help="joint-set name or JSON file; default: DATASET.JOINTS of the yaml")
     a("--num-joints", type=int, default=None, help="must match the joint set (17, 21 or 24)")
@@ -153,7 +170,7 @@ def setup_run(args, notes: Sequence[str] = ()) -> RunSetup:
     device = setup_device(cfg)
     for note in notes:
         log.warning(note)
-    configure_backends(device, cfg.CUDNN.BENCHMARK)
+    configure_backends(device, cfg.CUDNN.BENCHMARK, cfg.CUDNN.DETERMINISTIC, cfg.CUDNN.ENABLED)
     return RunSetup(cfg, device, configured_joint_set(cfg), autocast_dtype(device, args.amp, args.amp_dtype))
 
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import yaml
 from yacs.config import CfgNode as CN
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -21,13 +22,13 @@ _C.LOG_DIR = "log"                # kept for compatibility with HRNet-style yaml
 _C.GPUS = (0,)                    # accepted for compatibility; the device is chosen by DEVICE
 _C.DEVICE = "auto"                # "auto" (CUDA if available), "cpu", "cuda" or "cuda:N"
 _C.WORKERS = 8                    # data-loader worker processes
-_C.PRINT_FREQ = 20                # supervised training: log every N iterations
+_C.PRINT_FREQ = 20                # accepted for compatibility (unused: progress bars and one line per evaluation)
 _C.SEED = 2
 
 _C.CUDNN = CN()
 _C.CUDNN.BENCHMARK = True         # fixed input sizes: let cuDNN pick the fastest kernels
-_C.CUDNN.DETERMINISTIC = False
-_C.CUDNN.ENABLED = True
+_C.CUDNN.DETERMINISTIC = False    # deterministic cuDNN kernels (slower; also turns BENCHMARK off)
+_C.CUDNN.ENABLED = True           # False: PyTorch's own convolution kernels instead of cuDNN
 
 _C.DATASET = CN()
 _C.DATASET.ROOT = "data"          # data root with the layout of SPEC §3.1
@@ -52,7 +53,7 @@ _C.DATASET.LABEL_LIST = ""        # image-id list file (label_list_split)
 _C.DATASET.SAMPLE_RATIO = 0.1     # labeled fraction (ratio)
 
 _C.MODEL = CN()
-_C.MODEL.NAME = "pose_hrnet"      # only HRNet is provided (SPEC §13)
+_C.MODEL.NAME = "pose_hrnet"      # the only model (SPEC §13); another name is refused
 _C.MODEL.NUM_JOINTS = 17          # must equal the joint set's size
 _C.MODEL.WIDTH = 32               # HRNet width C (32 = HRNet-W32; tests use 8)
 _C.MODEL.IMAGE_SIZE = [256, 256]  # input crop (w, h)
@@ -61,18 +62,18 @@ _C.MODEL.SIGMA = 2.0              # Gaussian sigma of GT heatmaps, in heatmap pi
 _C.MODEL.PRETRAINED = ""          # ImageNet HRNet backbone file for train_supervised.py (optional)
 
 _C.LOSS = CN()
-_C.LOSS.USE_TARGET_WEIGHT = True  # mask unannotated joints (always on in FreeNet)
+_C.LOSS.USE_TARGET_WEIGHT = True  # mask unannotated joints (always on in FreeNet; False is refused)
 
 _C.TRAIN = CN()                   # supervised base-network training (SPEC §12)
 _C.TRAIN.BATCH_SIZE_PER_GPU = 32
-_C.TRAIN.OPTIMIZER = "adam"
+_C.TRAIN.OPTIMIZER = "adam"       # the only optimiser of the base-network training (SPEC §12)
 _C.TRAIN.LR = 0.001
 _C.TRAIN.LR_FACTOR = 0.1          # multiply the LR by this at every LR_STEP epoch
 _C.TRAIN.LR_STEP = [170, 200]
 _C.TRAIN.WD = 0.0
-_C.TRAIN.BEGIN_EPOCH = 0
+_C.TRAIN.BEGIN_EPOCH = 0          # must be 0: a run continues with --resume RUN/checkpoint.pth
 _C.TRAIN.END_EPOCH = 210
-_C.TRAIN.SHUFFLE = True
+_C.TRAIN.SHUFFLE = True           # must be True: the data stream is the seeded shuffle of SPEC §3.5
 
 _C.FREENET = CN()                 # FreeNet training loop (the optimisation numbers are command-line flags)
 _C.FREENET.EVAL_SCHEDULE = []     # [[until_step, every], ...]: denser evaluation early on (SPEC §9)
@@ -121,10 +122,36 @@ def configured_joint_set(cfg):
     return joint_set
 
 
+# HRNet keys this project has no other behaviour for: a value that would be silently ignored is refused.
+FIXED_VALUES = {
+    "MODEL.NAME": ("pose_hrnet", "the only model is HRNet (SPEC §13)"),
+    "LOSS.USE_TARGET_WEIGHT": (True, "FreeNet always masks unannotated joints"),
+    "TRAIN.OPTIMIZER": ("adam", "the base network trains with Adam (SPEC §12)"),
+    "TRAIN.BEGIN_EPOCH": (0, "continue a run with --resume RUN/checkpoint.pth"),
+    "TRAIN.SHUFFLE": (True, "the data stream is always the seeded shuffle of SPEC §3.5"),
+}
+
+
+def check_config(cfg: CN, source: str) -> None:
+    """Values the code cannot honour (:data:`FIXED_VALUES`) and a malformed FREENET.EVAL_SCHEDULE
+    raise :class:`ConfigError` naming the key and ``source`` (the yaml and/or the overrides)."""
+    for key, (value, why) in FIXED_VALUES.items():
+        node, leaf = key.split(".")
+        if cfg[node][leaf] != value:
+            raise ConfigError(f"{source}: {key} {cfg[node][leaf]!r} is not supported ({value!r}: {why})")
+    schedule = cfg.FREENET.EVAL_SCHEDULE
+    if not all(isinstance(e, (list, tuple)) and len(e) == 2 and all(isinstance(v, int) and v >= 1 for v in e)
+               for e in schedule):
+        raise ConfigError(f"{source}: FREENET.EVAL_SCHEDULE {schedule!r} must be [[until_step, every], ...] "
+                          "with integers >= 1")
+
+
 def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
-    """Defaults <- yaml <- ``KEY VALUE`` overrides, then frozen. An unknown key or a value of the
-    wrong type raises :class:`ConfigError` naming the yaml or the override."""
+    """Defaults <- yaml <- ``KEY VALUE`` overrides, checked (:func:`check_config`), then frozen.
+    A malformed yaml, an unknown key or a value of the wrong type raises :class:`ConfigError`
+    naming the yaml or the override."""
     cfg = default_config()
+    sources = []
     if cfg_file:
         path = resolve_path(cfg_file)
         if not os.path.exists(path):
@@ -133,6 +160,11 @@ def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
             cfg.merge_from_file(path)
         except (AssertionError, KeyError, ValueError) as e:  # how yacs reports unknown keys / wrong types
             raise ConfigError(f"{path}: {e}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
+        except (AttributeError, TypeError) as e:  # a top level that is a list or a scalar
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level ({e})") from e
+        sources.append(str(path))
     if opts:
         if len(opts) % 2:
             raise ConfigError(f"overrides must be KEY VALUE pairs, got {list(opts)}")
@@ -140,5 +172,7 @@ def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
             cfg.merge_from_list(list(opts))
         except (AssertionError, KeyError, ValueError) as e:
             raise ConfigError(f"command-line override: {e}") from e
+        sources.append("the command-line overrides")
+    check_config(cfg, " + ".join(sources) or "defaults")
     cfg.freeze()
     return cfg

@@ -92,14 +92,19 @@ def autocast_cache_keeps_gradients(device_type: str, dtype: torch.dtype) -> bool
         return layer(x).requires_grad
 
 
-def configure_backends(device: torch.device, cudnn_benchmark: bool = True) -> None:
+def configure_backends(device: torch.device, cudnn_benchmark: bool = True, cudnn_deterministic: bool = False,
+                       cudnn_enabled: bool = True) -> None:
     """Fixed input sizes: cuDNN autotuning pays off; TF32 matmuls for any fp32 work left on Ampere+.
+    ``cudnn_deterministic`` (CUDNN.DETERMINISTIC) picks deterministic kernels and turns autotuning off;
+    ``cudnn_enabled`` False (CUDNN.ENABLED) uses PyTorch's own convolutions instead of cuDNN.
 
     On the CPU, keep large freed buffers in the heap: by default glibc hands every block above
     ~32 MB back to the OS and the next step page-faults it in again (the two pseudo-label map
     tensors of a paper-size step alone cost ~8 ms of page faults)."""
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = cudnn_benchmark
+        torch.backends.cudnn.enabled = cudnn_enabled
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        torch.backends.cudnn.benchmark = cudnn_benchmark and not cudnn_deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:

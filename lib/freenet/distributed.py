@@ -58,6 +58,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on any rank: one all-reduce of one number (a sync)."""
+    if not is_enabled():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model behind a DDP/compile wrapper (checkpoints store its state_dict)."""
     model = getattr(model, "_orig_mod", model)

@@ -2,7 +2,8 @@
 
 Data cycling, the step, a tqdm bar, TensorBoard scalars, ``val_log.txt``, a JSON line per
 evaluation, atomic ``checkpoint.pth``, ``best-oks.pth`` / ``best-pck.pth`` from the student,
-resume from any step, and a clean stop on Ctrl-C (the last finished step is saved).
+resume from any step, and a clean stop on Ctrl-C (the last finished step is saved; under torchrun
+the ranks agree on the step, within ``log_every`` steps).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from freenet import distributed
 from freenet.checkpoint import atomic_save, check_compatible, load_checkpoint
 from freenet.config import REPO_ROOT
 from freenet.errors import DataError, from_worker
-from freenet.fileio import write_json_atomic
+from freenet.fileio import write_json_atomic, write_text_atomic
 from freenet.optim import OptimizedModel
 
 log = logging.getLogger("freenet")
@@ -92,9 +93,10 @@ class RunDir:
                 except FileExistsError:
                     suffix += 1
                     run.path = path.with_name(f"{path.name}_{suffix}")
-            (run.path / "config.yaml").write_text(config_text)
-            (run.path / "args.json").write_text(json.dumps(args, indent=2, default=str) + "\n")
-            (run.path / "git_commit.txt").write_text(git_commit() + "\n")
+            # Atomic: a --resume reads config.yaml and args.json back.
+            write_text_atomic(run.path / "config.yaml", config_text)
+            write_text_atomic(run.path / "args.json", json.dumps(args, indent=2, default=str) + "\n")
+            write_text_atomic(run.path / "git_commit.txt", git_commit() + "\n")
         return run
 
     def __truediv__(self, name: str) -> Path:
@@ -114,22 +116,39 @@ def git_commit() -> str:
 
 
 class Interrupt:
-    """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: stop at once."""
+    """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: stop at once.
 
-    def __init__(self):
-        self.requested = False
+    torchrun forwards Ctrl-C to every rank, so every rank catches it, and the ranks must leave the
+    loop after the same step (the next step's all-reduce would wait forever for a rank that left).
+    :meth:`stop_now` decides: in one process as soon as Ctrl-C came; under torchrun every
+    ``agree_every`` steps, with one all-reduce of the flag (:func:`~freenet.distributed.any_rank`).
+    """
+
+    def __init__(self, agree_every: int = 10):
+        self.requested = False     # Ctrl-C reached this process
+        self.stopping = False      # every rank agreed to stop
+        self.agree_every = agree_every
         self._previous = None
 
     def __enter__(self):
-        if distributed.is_main() or not distributed.is_enabled():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write("Interrupt received: finishing this step and saving a checkpoint (Ctrl-C again to abort).")
+        if distributed.is_main():
+            tqdm.write("Interrupt received: finishing this step and saving a checkpoint (Ctrl-C again to abort).")
+
+    def stop_now(self, step: int) -> bool:
+        """Whether to stop after ``step`` (0-based); the same answer on every rank."""
+        if not self.stopping:
+            if not distributed.is_enabled():
+                self.stopping = self.requested
+            elif (step + 1) % self.agree_every == 0:
+                self.stopping = distributed.any_rank(self.requested)
+        return self.stopping
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -223,7 +242,7 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
                desc="FreeNet")
     tic = time.perf_counter()
     try:
-        with Interrupt() as interrupt:
+        with Interrupt(loop.log_every) as interrupt:
             for step in range(start, loop.end()):
                 batch_l, batch_u = _next_batches(labeled, unlabeled)
                 out = step_fn(step, batch_l, batch_u)
@@ -242,7 +261,7 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
                     train = _window_means(window, state.window_steps)
                     state.window, state.window_steps = {}, 0
                     _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, train, extra)
-                if interrupt.requested:
+                if interrupt.stop_now(step):
                     _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
                     tqdm.write(f"Stopped after step {step + 1}. {resume_hint(run)}")
                     break

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 from collections import defaultdict
@@ -45,6 +44,7 @@ from freenet.data.dataset import read_image
 from freenet.data.transforms import normalize_images
 from freenet.config import configured_joint_set
 from freenet.errors import DataError, EvaluationError, from_worker
+from freenet.fileio import write_json_atomic
 from freenet.heatmaps import argmax_keypoints, refine_quarter_offset, window_on_map
 from freenet.joints import JointSet, load_joint_set
 from freenet.models import PoseHighResolutionNet, fold_batchnorm
@@ -477,8 +477,8 @@ def write_outputs(output_dir: str | os.PathLike, metrics: dict, results: list | 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if results is not None:
-        (out / RESULTS_FILE).write_text(json.dumps(results))
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        write_json_atomic(out / RESULTS_FILE, results)
+    write_json_atomic(out / METRICS_FILE, metrics, indent=2)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, IO
@@ -38,3 +39,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, data, indent: int | None = None) -> None:
     write_atomic(path, lambda f: json.dump(data, f, indent=indent))
+
+
+def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Copy ``source`` to ``path``: an interrupted copy never leaves a truncated file under that name."""
+    with open(source, "rb") as src:
+        write_atomic(path, lambda f: shutil.copyfileobj(src, f), "wb")

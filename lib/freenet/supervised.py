@@ -11,7 +11,6 @@ import argparse
 import bisect
 import json
 import logging
-import shutil
 from functools import partial
 from pathlib import Path
 
@@ -20,11 +19,12 @@ from tqdm import tqdm
 
 from freenet import distributed
 from freenet.checkpoint import CheckpointError, atomic_save, check_compatible, load_checkpoint
-from freenet.cli import HelpFormatter, add_run_args, parse_run_args, run_main, setup_run
+from freenet.cli import POSITIVE, HelpFormatter, add_run_args, parse_run_args, run_main, setup_run
 from freenet.data.dataset import KeypointDataset, stream_loader
 from freenet.data.settings import build_training_sets
 from freenet.data.transforms import TwoViewTransform, normalize_images
 from freenet.engine import Interrupt, Recorder, RunDir, resume_hint
+from freenet.fileio import copy_atomic
 from freenet.losses import weighted_heatmap_mse
 from freenet.models import load_imagenet_backbone
 from freenet.optim import OptimizedModel
@@ -36,10 +36,10 @@ log = logging.getLogger("freenet")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     a = p.add_argument
-    a("--epochs", type=int, default=None, help="default: TRAIN.END_EPOCH of the yaml")
-    a("--batch-size", type=int, default=None, help="default: TRAIN.BATCH_SIZE_PER_GPU of the yaml")
-    a("--eval-every", type=int, default=1, help="evaluate (and keep the best weights) every N epochs")
-    a("--stop-epoch", type=int, default=None,
+    a("--epochs", type=POSITIVE, default=None, help="default: TRAIN.END_EPOCH of the yaml")
+    a("--batch-size", type=POSITIVE, default=None, help="default: TRAIN.BATCH_SIZE_PER_GPU of the yaml")
+    a("--eval-every", type=POSITIVE, default=1, help="evaluate (and keep the best weights) every N epochs")
+    a("--stop-epoch", type=POSITIVE, default=None,
       help="save and stop after this many epochs, the --epochs schedule unchanged (job time limits); "
            "--resume continues")
     a("--imagenet", default=None, help="ImageNet HRNet-W32 classification weights for the backbone (optional)")
@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
 def multistep(iteration: int, iters_per_epoch: int, milestones, factor: float) -> float:
     """×factor at every milestone epoch, evaluated per iteration (so one LR scheduler serves both loops)."""
     return factor ** bisect.bisect_right(list(milestones), iteration // iters_per_epoch)
+
+
+def epoch_length(num_records: int, batch_size: int, world_size: int = 1) -> int:
+    """Iterations per epoch: one pass over the records, each iteration taking ``batch_size`` records on
+    each of ``world_size`` ranks (the ranks share one data stream, :func:`~freenet.data.dataset.stream_loader`)."""
+    return max(1, num_records // (batch_size * world_size))
 
 
 def train_supervised(args, notes: list[str] = ()) -> dict:
@@ -74,7 +80,7 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
         log.info("ImageNet backbone from %s: %d tensors loaded, %d not in the checkpoint", imagenet,
                  len(report["loaded"]), len(report["missing"]))
     model.to(device)
-    iters_per_epoch = max(1, len(records) // batch_size)
+    iters_per_epoch = epoch_length(len(records), batch_size, distributed.world_size())
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.TRAIN.LR, weight_decay=cfg.TRAIN.WD)
     schedule = partial(multistep, iters_per_epoch=iters_per_epoch, milestones=cfg.TRAIN.LR_STEP,
                        factor=cfg.TRAIN.LR_FACTOR)
@@ -122,7 +128,7 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
                 net.update(loss)
                 total += loss.detach()
                 iteration += 1
-                if interrupt.requested:
+                if interrupt.stop_now(iteration - 1):
                     break
             finished = iteration % iters_per_epoch == 0
             partial_loss = 0.0 if finished else float(total)
@@ -149,7 +155,7 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
                              "best_ap": best_ap, "joint_set": joint_set.name,
                              "num_joints": joint_set.num_joints, "width": cfg.MODEL.WIDTH}, run / "checkpoint.pth")
             distributed.barrier()
-            if interrupt.requested:
+            if interrupt.stopping:
                 tqdm.write(f"Stopped in epoch {epoch + 1} after iteration {iteration}. {resume_hint(run)}")
                 break
             if finished and not last and args.stop_epoch is not None and epoch + 1 >= args.stop_epoch:
@@ -157,8 +163,7 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
                 break
     recorder.close()
     if args.save_as and distributed.is_main() and (run / "best.pth").exists():
-        Path(args.save_as).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run / "best.pth", args.save_as)
+        copy_atomic(run / "best.pth", args.save_as)
         log.info("best weights (AP %.4f) copied to %s", best_ap, args.save_as)
     log.info("done: %s", json.dumps(summary))
     return summary

@@ -16,7 +16,7 @@ import torch
 
 from freenet import distributed
 from freenet.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_model_weights
-from freenet.cli import HelpFormatter, add_run_args, parse_run_args, run_main, setup_run
+from freenet.cli import NON_NEGATIVE, POSITIVE, HelpFormatter, add_run_args, parse_run_args, run_main, setup_run
 from freenet.config import ConfigError
 from freenet.cuda_graphs import GraphedStep
 from freenet.data.dataset import KeypointDataset, stream_loader
@@ -81,24 +81,24 @@ def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
                                 epilog="Trailing KEY VALUE pairs override the yaml, e.g. MODEL.WIDTH 8 "
                                        "MODEL.IMAGE_SIZE [64,64] MODEL.HEATMAP_SIZE [16,16]")
     a = p.add_argument
-    a("--total-steps", type=int, default=120000, help="length of the run and of the LR schedule")
-    a("--eval-step", type=int, default=5, help="evaluate and checkpoint every N steps")
-    a("--start-step", type=int, default=0, help="first step of a fresh run (schedules and data start there)")
-    a("--stop-step", type=int, default=None,
+    a("--total-steps", type=POSITIVE, default=120000, help="length of the run and of the LR schedule")
+    a("--eval-step", type=POSITIVE, default=5, help="evaluate and checkpoint every N steps")
+    a("--start-step", type=NON_NEGATIVE, default=0, help="first step of a fresh run (schedules and data start there)")
+    a("--stop-step", type=POSITIVE, default=None,
       help="save and stop before this step, keeping the --total-steps schedule (e.g. a job's time limit); "
            "continue later with --resume")
-    a("--warmup-steps", type=int, default=900, help="linear LR warmup of both networks")
-    a("--student-wait-steps", type=int, default=0, help="steps with the student's LR at 0 before its warmup")
-    a("--down-step", type=int, default=9000, help="steps over which the pseudo-label keep ratio ramps down")
-    a("--feedback-steps-start", type=int, default=3000, help="first step with the feedback term in the teacher's loss")
-    a("--feedback-steps-complete", type=int, default=6000, help="step at which the feedback factor reaches its weight")
+    a("--warmup-steps", type=NON_NEGATIVE, default=900, help="linear LR warmup of both networks")
+    a("--student-wait-steps", type=NON_NEGATIVE, default=0, help="steps with the student's LR at 0 before its warmup")
+    a("--down-step", type=POSITIVE, default=9000, help="steps over which the pseudo-label keep ratio ramps down")
+    a("--feedback-steps-start", type=NON_NEGATIVE, default=3000, help="first step with the feedback term in the teacher's loss")
+    a("--feedback-steps-complete", type=NON_NEGATIVE, default=6000, help="step at which the feedback factor reaches its weight")
     a("--feedback-weight", type=float, default=2.0, help="final factor of the feedback term")
     a("--teacher_lr", type=float, default=1e-5, help="AdamW learning rate of the teacher (base network)")
     a("--student_lr", type=float, default=1e-3, help="AdamW learning rate of the student (adaptation network)")
     a("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4, help="AdamW weight decay")
     a("--grad-clip", type=float, default=1e9, help="gradient-norm clip of both networks")
-    a("--batch-size", type=int, default=d.batch_size, help="labeled batch size B")
-    a("--mu", type=int, default=1, help="unlabeled batch = B * mu (0: labeled-only ablation, no pseudo labels)")
+    a("--batch-size", type=POSITIVE, default=d.batch_size, help="labeled batch size B")
+    a("--mu", type=NON_NEGATIVE, default=1, help="unlabeled batch = B * mu (0: labeled-only ablation, no pseudo labels)")
     a("--channels-last", action=argparse.BooleanOptionalAction, default=True,
       help="NHWC activations (faster convolutions on CUDA and on the CPU)")
     compiling = p.add_mutually_exclusive_group()
@@ -174,6 +174,13 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
         raise ConfigError(f"--cuda-graphs needs one CUDA process without --compile/--compile-regions (here: "
                           f"{device}, {distributed.world_size()} process(es), compiling: {compiling})")
 
+    try:
+        teacher_name = args.pretrained_weights_name.format(level=getattr(args, "level", ""),
+                                                           ratio=getattr(args, "sample_ratio", ""))
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"--pretrained-weights-name {args.pretrained_weights_name!r}: the only fields are "
+                          f"{{level}} and {{ratio}} ({type(e).__name__}: {e})") from None
+
     sets = build_training_sets(cfg.DATASET, joint_set, cfg.SEED)
     for note in sets.notes:
         log.info(note)
@@ -185,8 +192,6 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
     torch.manual_seed(cfg.SEED)
     teacher_net, student_net = build_model(cfg, joint_set), build_model(cfg, joint_set)
     weights_dir = Path(args.pretrained_model_path)
-    teacher_name = args.pretrained_weights_name.format(level=getattr(args, "level", ""),
-                                                       ratio=getattr(args, "sample_ratio", ""))
     if not args.resume:
         if teacher_name:
             if not (weights_dir / teacher_name).is_file():
