@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from freenet.data.coco import file_joint_order, in_joint_set_order, load_coco_json, normalize_source
+from freenet.data.coco import file_joint_order, load_coco_json, normalize_source, reorder_joints
 from freenet.errors import DataError
 from freenet.joints import JointSet, load_joint_set
 
@@ -401,7 +401,7 @@ def _joint_order(path, data: dict, joint_set: JointSet, add) -> dict:
     add(Issue("joints_reordered", path, f"joints listed in another order than joint set '{joint_set.name}'; "
               f"training and evaluation read them by name (file joint j -> set joint {slots}[j])",
               field="categories"))
-    return in_joint_set_order(path, data, joint_set)
+    return reorder_joints(data, source)
 
 
 def _expected_joints(path, annotations, categories, joint_set, add) -> tuple[dict, int]:

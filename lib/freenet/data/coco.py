@@ -114,9 +114,17 @@ def in_joint_set_order(ann_file: str | os.PathLike, data: dict, joint_set: Joint
     source, problem = file_joint_order(ann_file, data, joint_set)
     if problem:
         logger.warning("%s: %s; reading the keypoints in file order", ann_file, problem)
-    if source is None or not isinstance(data.get("annotations"), list):
+    if source is None:
         return data
     logger.info("%s: joints listed in another order than joint set '%s'; reordered by name", ann_file, joint_set.name)
+    return reorder_joints(data, source)
+
+
+def reorder_joints(data: dict, source: Sequence[int]) -> dict:
+    """A copy of ``data`` whose annotations' keypoint triplets are ``source[0], source[1], ...`` of the
+    file's; annotations whose keypoints are not a list of 3 * len(source) values are kept as they are."""
+    if not isinstance(data.get("annotations"), list):
+        return data
 
     def reorder(ann):
         kps = ann.get("keypoints") if isinstance(ann, dict) else None
