@@ -39,7 +39,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from freenet.data.coco import DataLayout, in_joint_set_order, load_coco_json, load_json, normalize_source
+from freenet.data.coco import (DataLayout, in_joint_set_order, keypoint_values, load_coco_json, load_json,
+                               normalize_source)
 from freenet.data.dataset import read_image
 from freenet.data.transforms import normalize_images
 from freenet.config import configured_joint_set
@@ -137,7 +138,7 @@ def eval_records(ann_file: str | os.PathLike, image_dir: str | os.PathLike, join
                             img["id"])
         images[img["id"]] = img
 
-    per_image = defaultdict(list)
+    candidates = []
     for ann in data["annotations"]:
         if ann.get("iscrowd") or "bbox" not in ann or not ann.get("keypoints"):
             continue
@@ -150,12 +151,16 @@ def eval_records(ann_file: str | os.PathLike, image_dir: str | os.PathLike, join
             raise DataError(ann_file, f"'bbox' must be 4 numbers [x, y, w, h], got {box!r:.80}", ann.get("id"))
         if ann.get("image_id") not in images:
             raise DataError(ann_file, f"annotation points at unknown image id {ann.get('image_id')}", ann.get("id"))
-        if not all(isinstance(v, (int, float)) for v in kps):
-            raise DataError(ann_file, "'keypoints' must contain only numbers", ann.get("id"))
-        if max(kps) == 0 or ann.get("num_keypoints", 1) == 0 or ann.get("area", 1) <= 0:
+        if ann.get("num_keypoints", 1) == 0 or ann.get("area", 1) <= 0:
             continue
-        per_image[ann["image_id"]].append(ann)
-    anns = [ann for img in data["images"] for ann in per_image.get(img["id"], ())]
+        candidates.append(ann)
+    values = keypoint_values(ann_file, candidates, num_joints)          # (C, J, 3)
+    per_image = defaultdict(list)
+    for i, annotated in enumerate((values.reshape(len(candidates), -1).max(axis=1) != 0).tolist()):
+        if annotated:                                                   # the original's max(keypoints) != 0
+            per_image[candidates[i]["image_id"]].append(i)
+    order = [i for img in data["images"] for i in per_image.get(img["id"], ())]
+    anns = [candidates[i] for i in order]
     n = len(anns)
 
     image_ids = np.array([a["image_id"] for a in anns], dtype=np.int64)
@@ -163,7 +168,7 @@ def eval_records(ann_file: str | os.PathLike, image_dir: str | os.PathLike, join
     sizes = np.array([(images[i]["width"], images[i]["height"]) for i in image_ids.tolist()],
                      dtype=np.float64).reshape(n, 2)
     centres, scales, usable = box_centre_scale(boxes, sizes)
-    kps = np.array([a["keypoints"] for a in anns], dtype=np.float32).reshape(n, num_joints, 3)
+    kps = values[order]
     paths = _image_paths(anns, images, Path(image_dir), fallback_roots)
     keep = np.flatnonzero(usable)
     return EvalRecords(

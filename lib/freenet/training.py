@@ -90,15 +90,18 @@ def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
     a("--warmup-steps", type=NON_NEGATIVE, default=900, help="linear LR warmup of both networks")
     a("--student-wait-steps", type=NON_NEGATIVE, default=0, help="steps with the student's LR at 0 before its warmup")
     a("--down-step", type=POSITIVE, default=9000, help="steps over which the pseudo-label keep ratio ramps down")
-    a("--feedback-steps-start", type=NON_NEGATIVE, default=3000, help="first step with the feedback term in the teacher's loss")
-    a("--feedback-steps-complete", type=NON_NEGATIVE, default=6000, help="step at which the feedback factor reaches its weight")
+    a("--feedback-steps-start", type=NON_NEGATIVE, default=3000,
+      help="first step with the feedback term in the teacher's loss")
+    a("--feedback-steps-complete", type=NON_NEGATIVE, default=6000,
+      help="step at which the feedback factor reaches its weight")
     a("--feedback-weight", type=float, default=2.0, help="final factor of the feedback term")
     a("--teacher_lr", type=float, default=1e-5, help="AdamW learning rate of the teacher (base network)")
     a("--student_lr", type=float, default=1e-3, help="AdamW learning rate of the student (adaptation network)")
     a("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4, help="AdamW weight decay")
     a("--grad-clip", type=float, default=1e9, help="gradient-norm clip of both networks")
     a("--batch-size", type=POSITIVE, default=d.batch_size, help="labeled batch size B")
-    a("--mu", type=NON_NEGATIVE, default=1, help="unlabeled batch = B * mu (0: labeled-only ablation, no pseudo labels)")
+    a("--mu", type=NON_NEGATIVE, default=1,
+      help="unlabeled batch = B * mu (0: labeled-only ablation, no pseudo labels)")
     a("--channels-last", action=argparse.BooleanOptionalAction, default=True,
       help="NHWC activations (faster convolutions on CUDA and on the CPU)")
     compiling = p.add_mutually_exclusive_group()

@@ -135,6 +135,22 @@ def reorder_joints(data: dict, source: Sequence[int]) -> dict:
     return {**data, "annotations": [reorder(a) for a in data["annotations"]]}
 
 
+def keypoint_values(ann_file: str | os.PathLike, anns: Sequence[dict], num_joints: int) -> np.ndarray:
+    """(N, J, 3) float32 x, y, visibility of annotations whose ``keypoints`` hold 3 * J values, in one
+    array pass. A value that is not a finite number (a JSON null becomes NaN) is a :class:`DataError`
+    naming the file and the first such annotation."""
+    message = "'keypoints' must contain only numbers"
+    try:
+        values = np.asarray([a["keypoints"] for a in anns], dtype=np.float32).reshape(len(anns), num_joints, 3)
+    except (TypeError, ValueError):
+        bad = next((a["id"] for a in anns if not all(isinstance(v, (int, float)) for v in a["keypoints"])), None)
+        raise DataError(ann_file, message, bad) from None
+    finite = np.isfinite(values).all(axis=(1, 2))
+    if not finite.all():
+        raise DataError(ann_file, f"{message} (found null, NaN or infinity)", anns[int(np.argmin(finite))]["id"])
+    return values
+
+
 class _DirListing:
     """Existence checks through one directory listing per folder instead of one stat per image.
 
@@ -268,18 +284,7 @@ def load_coco_records(ann_file: str | os.PathLike, image_root: str | os.PathLike
         logger.info("%s: no annotated instances (%d annotations)", ann_file, len(annotations))
         return []
 
-    # One array pass for all instances: (N, J, 3) -> coordinates and visibility.
-    try:
-        values = np.asarray([ann["keypoints"] for _, ann in kept], dtype=np.float32)
-        values = values.reshape(len(kept), num_joints, 3)  # (N, J, 3) x, y, visibility
-    except (TypeError, ValueError):
-        bad = next((ann["id"] for _, ann in kept
-                    if not all(isinstance(v, (int, float)) for v in ann["keypoints"])), None)
-        raise DataError(ann_file, "'keypoints' must contain only numbers", bad) from None
-    finite = np.isfinite(values).all(axis=(1, 2))
-    if not finite.all():    # a JSON null becomes NaN above
-        raise DataError(ann_file, "'keypoints' must contain only numbers (found null, NaN or infinity)",
-                        kept[int(np.argmin(finite))][1]["id"])
+    values = keypoint_values(ann_file, [ann for _, ann in kept], num_joints)  # (N, J, 3) x, y, visibility
     coords = np.ascontiguousarray(values[..., :2])  # (N, J, 2)
     vis = np.ascontiguousarray(values[..., 2])      # (N, J)
     boxes = np.asarray([ann["bbox"] for _, ann in kept], dtype=np.float32)  # (N, 4)
