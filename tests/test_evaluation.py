@@ -23,6 +23,7 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 
 from freenet.config import load_config
+from freenet.data.coco import in_joint_set_order
 from freenet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from freenet.errors import DataError
 from freenet.errors import EvaluationError
@@ -674,6 +675,27 @@ def test_eval_cli_on_sample_images_and_results_mode(tmp_path, capsys):
     capsys.readouterr()
     assert main(union) == 2
     assert "sigmas_freenet" in capsys.readouterr().err
+
+
+@needs_data
+def test_results_mode_reads_the_ground_truth_in_the_joint_sets_order(tmp_path):
+    # MMPose's AnimalPose file read as joint set 'animalpose' (§2.2): its joints are permuted by name.
+    # Results in the set's order (as this tool writes them) must score as they do in model mode.
+    ann_file = MMPOSE / "animalpose" / "test_animalpose.json"
+    joint_set = load_joint_set("animalpose")
+    in_set_order = in_joint_set_order(ann_file, json.loads(ann_file.read_text()), joint_set)
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0,
+                "keypoints": [float(v) for v in a["keypoints"]]}
+               for a in in_set_order["annotations"] if a.get("num_keypoints", 0) > 0]
+    assert results[0]["keypoints"] != _gt_results(ann_file)[0]["keypoints"]  # the orders do differ
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    args = ["--cfg", str(REPO / "experiments/ap10k/w32_256x256_ap10k.yaml"),
+            "--results", str(tmp_path / "results.json"),
+            "DATASET.JOINTS", "animalpose", "MODEL.NUM_JOINTS", "20", "DATASET.VAL_ANN_FILE", str(ann_file),
+            "OUTPUT_DIR", str(tmp_path / "out")]
+    assert _eval_cli()(args) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["AP"] == 1.0 and metrics["AR"] == 1.0
 
 
 @needs_data

@@ -95,6 +95,10 @@ def test_predict_rejects_flip_without_joint_set_and_boxes_off_the_image():
         predict(model, image, flip=True)
     with pytest.raises(ValueError, match="does not overlap"):
         predict(model, image, box=[100, 100, 10, 10])
+    with pytest.raises(ValueError, match="under 2 pixels wide or high"):
+        predict(model, image, box=[10, 10, 0, 0])
+    with pytest.raises(ValueError, match="under 2 pixels wide or high"):
+        predict(model, image, box=[10, 10, 1, 20])  # x2 = x1 + max(0, w - 1) = x1
 
 
 def _save(path, num_joints=17, width=8, key="state_dict"):

@@ -754,7 +754,9 @@ def evaluate_from_config(cfg, protocol: str | None = None, results_file: str = "
     results_file = results_file or cfg.TEST.RESULTS_FILE
     if results_file:
         ann_file = val_data(cfg)[0]
-        metrics = coco_keypoint_metrics(ann_file, results_file, sigmas)
+        # The results are in the joint set's order (as this tool writes them); so must the GT be (§2.2).
+        gt = coco_ground_truth(in_joint_set_order(ann_file, load_coco_json(ann_file), joint_set), ann_file)
+        metrics = coco_keypoint_metrics(gt, results_file, sigmas)
         metrics["results_file"] = str(results_file)
         write_outputs(cfg.OUTPUT_DIR, metrics)
         return metrics, joint_set

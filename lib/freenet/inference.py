@@ -119,7 +119,9 @@ def predict(model: nn.Module, image: np.ndarray, box=None, flip: bool = False, d
     box = whole_image_box(image) if box is None else np.asarray(box, dtype=np.float64)
     centres, scales, usable = box_centre_scale(box[None], np.array([[image.shape[1], image.shape[0]]]))
     if not usable[0]:
-        raise ValueError(f"box {box.tolist()} does not overlap the {image.shape[1]}x{image.shape[0]} image")
+        # Not usable (§11.1): under 2 pixels wide or high, or starting at the last column or row or beyond.
+        why = "is under 2 pixels wide or high: nothing to crop in" if min(box[2], box[3]) <= 1 else "does not overlap"
+        raise ValueError(f"box {box.tolist()} {why} the {image.shape[1]}x{image.shape[0]} image")
     crop = warp_crop(image, crop_matrices(centres, scales, input_size)[0], input_size)
     if device is None:
         device = next(model.parameters()).device
