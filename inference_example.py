@@ -39,7 +39,8 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
         checkpoint = load_checkpoint(args.weights)       # read once: weights, joint set and input size
         model, joint_set, _ = load_pose_model(args.weights, args.joints, args.key, device, checkpoint)
-        size = args.size or trained_input_size(checkpoint) or 256
+        trained = trained_input_size(checkpoint)
+        size = args.size or trained or 256
         image = read_image(args.image)
         keypoints, scores = predict(model, image, args.box, args.flip, device, joint_set, size)
     except (*USER_ERRORS, ValueError) as e:
@@ -53,6 +54,8 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+    print(f"input {size} px" + ("" if args.size or trained else
+                                " (the default: the checkpoint records no training size; --size sets it)"))
     for k in result["keypoints"]:
         print(f"{k['name']:<12} x {k['x']:8.1f}  y {k['y']:8.1f}  score {k['score']:.3f}")
     print(f"wrote {args.out}" + (f" and {args.json}" if args.json else ""))

@@ -204,12 +204,13 @@ def _example_main():
 
 @needs_image
 @pytest.mark.parametrize("extra", [[], ["--flip", "--box", "200", "50", "650", "650"]])
-def test_inference_example_writes_png_and_json(tmp_path, extra):
+def test_inference_example_writes_png_and_json(tmp_path, extra, capsys):
     _save(tmp_path / "w8.pth", 17, key="student_model")
     out, js = tmp_path / "out.png", tmp_path / "out.json"
     code = _example_main()(["--image", str(TEST_JPG), "--weights", str(tmp_path / "w8.pth"), "--out", str(out),
                             "--json", str(js), "--device", "cpu", "--threshold", "0.0"] + extra)
     assert code == 0
+    assert "input 256 px (the default: the checkpoint records no training size" in capsys.readouterr().out
     picture = cv2.imread(str(out))
     assert picture.shape == cv2.imread(str(TEST_JPG)).shape  # drawn on the original image
     result = json.loads(js.read_text())

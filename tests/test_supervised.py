@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from freenet.checkpoint import CheckpointError, load_model_weights
+from freenet.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from freenet.inference import load_pose_model, trained_input_size
 from freenet.models import PoseHighResolutionNet
 from freenet.supervised import main as supervised_main, multistep
 from freenet.training import load_student_init
@@ -37,6 +38,10 @@ def test_supervised_weights_initialise_the_freenet_teacher(synthetic_root, tmp_p
                        torch.load(run_dir / "best.pth", weights_only=True)["final_layer.weight"])
     model = PoseHighResolutionNet(17, width=8)
     assert load_model_weights(model, weights / "ap_10k_split_level_0.pth") == "(raw dict)"
+    # The run's checkpoint tells inference the joint set and the 64-px input it was trained at.
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pth")
+    assert trained_input_size(checkpoint) == 64
+    assert load_pose_model(run_dir / "checkpoint.pth", checkpoint=checkpoint)[1].name == "ap10k"
     # and the FreeNet script picks it up by its default name for --level 0
     code = run("train_split_ap10k", ["--level", "0", "--data-root", str(synthetic_root),
                                      "--output-dir", str(tmp_path / "fn"), "--pretrained-model-path", str(weights),

@@ -153,7 +153,8 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
                              "scheduler": net.scheduler.state_dict(), "scaler": net.scaler.state_dict(),
                              "epoch": epoch, "iteration": iteration, "partial_loss": partial_loss,
                              "best_ap": best_ap, "joint_set": joint_set.name,
-                             "num_joints": joint_set.num_joints, "width": cfg.MODEL.WIDTH}, run / "checkpoint.pth")
+                             "num_joints": joint_set.num_joints, "width": cfg.MODEL.WIDTH, "config": cfg.dump()},
+                            run / "checkpoint.pth")
             distributed.barrier()
             if interrupt.stopping:
                 tqdm.write(f"Stopped in epoch {epoch + 1} after iteration {iteration}. {resume_hint(run)}")
