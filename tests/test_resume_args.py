@@ -21,6 +21,7 @@ def saved_run(tmp_path, argv, parser):
     run.mkdir()
     (run / "args.json").write_text(json.dumps(vars(parser.parse_args(argv)), default=str))
     (run / "config.yaml").write_text("SEED: 2\n")
+    (run / "checkpoint.pth").touch()
     return run
 
 
@@ -47,9 +48,20 @@ def test_resume_with_other_settings_warns(tmp_path):
 
 def test_resume_without_args_json_keeps_the_command_line(tmp_path):
     parser = build_parser(SCRIPTS["finetune"])
+    (tmp_path / "checkpoint.pth").touch()
     args, notes = parse_run_args(parser, ["--resume", str(tmp_path / "checkpoint.pth"), "--total-steps", "7"])
     assert args.total_steps == 7 and args.mu == 1
     assert len(notes) == 1 and "args.json not found" in notes[0]
+
+
+def test_resume_of_a_missing_checkpoint_is_refused_before_anything_loads(tmp_path, capsys):
+    parser = build_parser(SCRIPTS["train_ap10k_animalpose_tigdog"])
+    with pytest.raises(SystemExit) as exit_:
+        parse_run_args(parser, ["--resume", str(tmp_path / "nonexist" / "checkpoint.pth")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--resume {tmp_path / 'nonexist' / 'checkpoint.pth'}: checkpoint file not found" in err
+    assert "args.json" not in err
 
 
 def test_level_is_required_unless_the_run_has_it(tmp_path, capsys):
@@ -73,6 +85,7 @@ def test_supervised_resume_keeps_the_epochs_but_not_the_stop(tmp_path):
 def test_a_corrupt_args_json_names_the_file(tmp_path):
     parser = supervised_parser()
     (tmp_path / "args.json").write_text("{not json")
+    (tmp_path / "checkpoint.pth").touch()
     with pytest.raises(ValueError, match="args.json"):
         parse_run_args(parser, ["--resume", str(tmp_path / "checkpoint.pth")])
 

@@ -123,6 +123,8 @@ def parse_run_args(parser: argparse.ArgumentParser, argv=None,
     args = parser.parse_args(argv)
     notes = []
     if args.resume:
+        if not Path(args.resume).is_file():  # before anything loads: a typo costs no data loading
+            parser.error(f"--resume {args.resume}: checkpoint file not found")
         run = Path(args.resume).parent
         saved_file = run / "args.json"
         if saved_file.is_file():
