@@ -83,6 +83,17 @@ def run_checker(capsys, path, *extra):
     return code, text, json.loads(out.read_text())
 
 
+@needs_data
+@pytest.mark.parametrize("joints, message", [
+    ("nope", "no joint set 'nope'"), (str(REPO / "README.md"), "README.md: malformed JSON"),
+    (str(SHARED / "freenet" / "info" / "ap_10k_keypoints_format.json"), "not a joint set")])
+def test_checker_joints_that_do_not_load_are_one_line(capsys, joints, message):
+    code = check_annotations.main([str(ANN / "animal_pose_val.json"), "--joints", joints, "--no-images"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("check_annotations.py: --joints: ") and message in err[0]
+
+
 def labeled_joint(ann):
     return next(j for j in range(len(ann["keypoints"]) // 3) if ann["keypoints"][3 * j + 2] > 0)
 

@@ -7,7 +7,7 @@
 Reports every problem with the file, the image or annotation id and the field: malformed JSON,
 duplicate ids, unknown images or categories, keypoint counts, visibility values, labeled joints at
 (0, 0) or outside the image, boxes, num_keypoints, missing or undecodable images. Exit code 1 when
-there are errors, 0 with only warnings.
+there are errors, 0 with only warnings, 2 when --joints does not load.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import json
 import sys
 
 from freenet.data.checks import check_coco_file
-from freenet.joints import load_joint_set
+from freenet.joints import JointSetError, load_joint_set
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,7 +35,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    joint_set = load_joint_set(args.joints) if args.joints else None
+    try:
+        joint_set = load_joint_set(args.joints) if args.joints else None
+    except (JointSetError, OSError) as e:
+        print(f"check_annotations.py: --joints: {e}", file=sys.stderr)
+        return 2
     report = check_coco_file(args.file, args.images, joint_set, check_images=not args.no_images,
                              workers=args.workers, progress=sys.stderr.isatty())
     print(report.format(args.show))
