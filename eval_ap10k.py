@@ -10,6 +10,7 @@ and (for a model) the COCO results ``results.json`` under OUTPUT_DIR.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from freenet.cli import USER_ERRORS
@@ -37,6 +38,7 @@ def main(argv=None) -> int:
     unknown = [o for o in opts if o.startswith("--")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         cfg = load_config(args.cfg, opts)
         cfg.defrost()

@@ -768,7 +768,6 @@ def evaluate_from_config(cfg, protocol: str | None = None, results_file: str = "
         raise EvaluationError(str(e)) from None
     model = PoseHighResolutionNet(num_joints=joint_set.num_joints, width=cfg.MODEL.WIDTH)
     where = load_model_weights(model, cfg.TEST.MODEL_FILE, cfg.TEST.MODEL_KEY)
-    log.info("weights from %s [%s]", cfg.TEST.MODEL_FILE, where)
     evaluator = Evaluator.from_config(cfg, joint_set, protocol)
     model = model.to(device, memory_format=torch.channels_last)
     metrics = evaluator(model, device, output_dir=cfg.OUTPUT_DIR, progress=progress)
