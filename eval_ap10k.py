@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint (or an existing COCO results file) on a validation set (SPEC §11).
+"""Evaluate a checkpoint (or an existing COCO results file) on a validation set.
 
     python eval_ap10k.py --cfg experiments/ap10k/w32_256x256_ap10k.yaml --animalpose \
         OUTPUT_DIR output/eval TEST.MODEL_FILE pretrained_weights/model.pth

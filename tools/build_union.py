@@ -1,4 +1,4 @@
-"""Build a joint union from several COCO keypoint files and convert them onto it (SPEC §2.4).
+"""Build a joint union from several COCO keypoint files and convert them onto it.
 
     python tools/build_union.py --out unions/tiger_horse --name tiger_horse \
         --source ap10k=data/ap_10k/annotations/ap10k-train-split1.json:data/ap_10k/data \

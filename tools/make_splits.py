@@ -1,4 +1,4 @@
-"""Labeled subsets for FreeNet training, seeded, in the FreeNet authors' file formats (SPEC §3.3–§3.5).
+"""Labeled subsets for FreeNet training, seeded, in the FreeNet authors' file formats.
 
     # missing-joint split file (what DATASET.SPLIT_FILE / --anns-info-path read)
     python tools/make_splits.py missing-joints --ann ap10k-train-split1.json --joints ap10k --preset level0 \\
@@ -12,7 +12,7 @@
     python tools/make_splits.py ratio --ann ap10k-train-split1.json animal_pose_train.json --ratio 0.1 \\
         --out-prefix info/random_0.1
 
-Every command takes --seed (default 2). Instances are those the training loads (SPEC §3.2).
+Every command takes --seed (default 2). Instances are those the training loads.
 """
 from __future__ import annotations
 

@@ -124,11 +124,11 @@ def configured_joint_set(cfg):
 
 # HRNet keys this project has no other behaviour for: a value that would be silently ignored is refused.
 FIXED_VALUES = {
-    "MODEL.NAME": ("pose_hrnet", "the only model is HRNet (SPEC §13)"),
+    "MODEL.NAME": ("pose_hrnet", "the only model is HRNet"),
     "LOSS.USE_TARGET_WEIGHT": (True, "FreeNet always masks unannotated joints"),
-    "TRAIN.OPTIMIZER": ("adam", "the base network trains with Adam (SPEC §12)"),
+    "TRAIN.OPTIMIZER": ("adam", "the base network trains with Adam"),
     "TRAIN.BEGIN_EPOCH": (0, "continue a run with --resume RUN/checkpoint.pth"),
-    "TRAIN.SHUFFLE": (True, "the data stream is always the seeded shuffle of SPEC §3.5"),
+    "TRAIN.SHUFFLE": (True, "the data stream is always the seeded shuffle of the records"),
 }
 
 

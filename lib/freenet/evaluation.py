@@ -134,7 +134,7 @@ def eval_records(ann_file: str | os.PathLike, image_dir: str | os.PathLike, join
         if "id" not in img or "file_name" not in img:
             raise DataError(ann_file, f"an image entry lacks 'id' or 'file_name': {img!r:.100}")
         if "width" not in img or "height" not in img:
-            raise DataError(ann_file, "image has no 'width'/'height' (needed to clip its boxes, SPEC §11.1)",
+            raise DataError(ann_file, "image has no 'width'/'height' (needed to clip its boxes)",
                             img["id"])
         images[img["id"]] = img
 
@@ -510,11 +510,10 @@ class EvalSettings:
     @classmethod
     def from_config(cls, cfg, protocol: str | None = None) -> EvalSettings:
         if not cfg.TEST.USE_GT_BBOX:
-            raise EvaluationError("TEST.USE_GT_BBOX false: only GT boxes are supported (FreeNet evaluates on them, "
-                                  "SPEC §11.1)")
+            raise EvaluationError("TEST.USE_GT_BBOX false: only GT boxes are supported (FreeNet evaluates on them)")
         (w, h), (hw, hh) = cfg.MODEL.IMAGE_SIZE, cfg.MODEL.HEATMAP_SIZE
         if w != h or hw != hh:
-            raise EvaluationError(f"evaluation crops are square (SPEC §11.2): MODEL.IMAGE_SIZE "
+            raise EvaluationError(f"evaluation crops are square: MODEL.IMAGE_SIZE "
                                   f"{list(cfg.MODEL.IMAGE_SIZE)} and MODEL.HEATMAP_SIZE "
                                   f"{list(cfg.MODEL.HEATMAP_SIZE)} must have equal sides")
         return cls(input_size=int(w), heatmap_size=int(hw), sigma=float(cfg.MODEL.SIGMA),

@@ -33,8 +33,18 @@ from freenet.training import augment_config, build_evaluator, build_model
 log = logging.getLogger("freenet")
 
 
+DESCRIPTION = """Supervised training of the base network: the FreeNet teacher's initialisation.
+
+Trains one HRNet on the *labeled* records of any setting (the same yaml and setting flags as the
+FreeNet scripts) with the training crops and augmentation, the masked heatmap MSE and Adam (lr 1e-3,
+x0.1 at epochs 170 and 200 of 210 by default, from the yaml's TRAIN section), evaluates like
+eval_ap10k.py every --eval-every epochs and writes best.pth: a plain state_dict that
+--pretrained-weights-name loads as the teacher.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=HelpFormatter)
     a = p.add_argument
     a("--epochs", type=POSITIVE, default=None, help="default: TRAIN.END_EPOCH of the yaml")
     a("--batch-size", type=POSITIVE, default=None, help="default: TRAIN.BATCH_SIZE_PER_GPU of the yaml")

@@ -76,7 +76,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "image_size_mismatch": (ERROR, "decoded image size differs from the file's width/height"),
     "images_not_checked": (INFO, "image files were not opened"),
     "image_without_annotations": (INFO, "image has no annotation"),
-    "instance_not_kept": (INFO, "annotation without keypoints: training does not use it (SPEC §3.2)"),
+    "instance_not_kept": (INFO, "annotation without keypoints: training does not use it"),
 }
 
 BOX_TOLERANCE = 1.0  # px a box may stick out of the image before it is reported (rounding)
@@ -632,7 +632,7 @@ def _statistics(images: dict, categories: dict | None, anns: list[_Ann], visible
 def format_stats(stats: dict) -> str:
     lines = ["STATISTICS",
              f"  images {stats['images']}, annotations {stats['annotations']}, kept for training "
-             f"{stats['instances_kept']} (box w, h > 0 and a non-zero keypoint; SPEC §3.2) on "
+             f"{stats['instances_kept']} (box w, h > 0 and a non-zero keypoint) on "
              f"{stats['images_with_kept_instances']} images"]
     if stats["categories"]:
         lines.append("  per category (images / annotations / kept):")
