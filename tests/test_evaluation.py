@@ -701,6 +701,17 @@ def test_results_mode_reads_the_ground_truth_in_the_joint_sets_order(tmp_path):
     assert metrics["AP"] == 1.0 and metrics["AR"] == 1.0
 
 
+def test_eval_cli_missing_val_data_shows_the_expected_layout(tmp_path, capsys):
+    (tmp_path / "results.json").write_text("[]")
+    args = ["--cfg", str(REPO / "experiments/ap10k/w32_256x256_ap10k.yaml"),
+            "--results", str(tmp_path / "results.json"), "DATASET.ROOT", str(tmp_path / "nowhere")]
+    assert _eval_cli()(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "validation annotation file not found" in err[0] and "ap10k-val-split1.json" in err[0]
+    assert err[1] == f"data root {tmp_path / 'nowhere'} [MISSING]; expected layout:"  # the tree, one path a line
+    assert "    annotations/ap10k-val-split1.json   [MISSING]" in err
+
+
 @needs_data
 def test_eval_cli_wrong_checkpoint_is_a_one_line_error(tmp_path):
     weights = _saved_model(tmp_path / "w8_21.pth", num_joints=21, key="")

@@ -734,7 +734,7 @@ def val_data(cfg) -> tuple[Path, Path, dict]:
         raise EvaluationError(f"DATASET.DATASET: {e.args[0]}") from None
     if not ann_file.is_file():
         raise DataError(ann_file, "validation annotation file not found (set DATASET.ROOT, or DATASET.VAL_ANN_FILE "
-                        "and DATASET.VAL_IMAGE_DIR); " + layout.describe([cfg.DATASET.DATASET]).replace("\n", "; "))
+                        "and DATASET.VAL_IMAGE_DIR).\n" + layout.describe([cfg.DATASET.DATASET]))
     return ann_file, layout.image_dir(cfg.DATASET.DATASET), layout.fallback_roots(cfg.DATASET.DATASET)
 
 
