@@ -67,12 +67,19 @@ def test_a_run_that_never_evaluates_says_so(synthetic_root, tmp_path, caplog):
         assert run("train_ap10k_animalpose_tigdog", ["--sample-ratio", "0.3",
                                                      *tiny_args(synthetic_root, tmp_path, steps=2), *schedule]) == 0
     assert "no evaluation in steps 1..2 (every 2 steps, FREENET.EVAL_SCHEDULE [[15000, 600]])" in caplog.text
+    assert "add FREENET.EVAL_SCHEDULE [] to evaluate every --eval-step, or lower --eval-step" in caplog.text
     assert not (only_run_dir(tmp_path) / "best-oks.pth").exists()
     caplog.clear()
     with caplog.at_level("INFO", logger="freenet"):
         assert run("train_ap10k_animalpose_tigdog", ["--sample-ratio", "0.3",
                                                      *tiny_args(synthetic_root, tmp_path / "b", steps=2)]) == 0
     assert "first evaluation after step 2" in caplog.text and "no evaluation" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="freenet"):   # the schedule is already empty: only --eval-step helps
+        assert run("train_ap10k_animalpose_tigdog", ["--sample-ratio", "0.3", "--stop-step", "1",
+                                                     *tiny_args(synthetic_root, tmp_path / "c", steps=2)]) == 0
+    assert "no evaluation in steps 1..1 (every 2 steps, FREENET.EVAL_SCHEDULE []): no best-*.pth or metrics " \
+           "will be written; lower --eval-step" in caplog.text
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

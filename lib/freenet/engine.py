@@ -233,9 +233,11 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
     if first_eval is None:
         # A short run under the 24-joint yaml's schedule (600 steps at first) would otherwise end
         # without best-*.pth, val_log.txt or metrics.jsonl and without saying why.
+        advice = ("add FREENET.EVAL_SCHEDULE [] to evaluate every --eval-step, or lower --eval-step"
+                  if loop.eval_schedule else "lower --eval-step")
         log.warning("no evaluation in steps %d..%d (every %d steps, FREENET.EVAL_SCHEDULE %s): no best-*.pth or "
-                    "metrics will be written; add FREENET.EVAL_SCHEDULE [] to evaluate every --eval-step",
-                    start + 1, loop.end(), loop.eval_step, [list(x) for x in loop.eval_schedule])
+                    "metrics will be written; %s", start + 1, loop.end(), loop.eval_step,
+                    [list(x) for x in loop.eval_schedule], advice)
     else:
         log.info("first evaluation after step %d", first_eval + 1)
     bar = tqdm(total=loop.total_steps, initial=start, dynamic_ncols=True, disable=not distributed.is_main(),
