@@ -152,7 +152,9 @@ def test_step_counts_out_of_range_are_refused_by_flag(flag, value, message, caps
                                            ("TRAIN:\n  OPTIMIZER: sgd\n", "TRAIN.OPTIMIZER 'sgd' is not supported"),
                                            ("TRAIN:\n  SHUFFLE: false\n", "TRAIN.SHUFFLE False is not supported"),
                                            ("FREENET:\n  EVAL_SCHEDULE: [[100]]\n", "FREENET.EVAL_SCHEDULE"),
-                                           ("FREENET:\n  EVAL_SCHEDULE: [[100, 0]]\n", "integers >= 1")])
+                                           ("FREENET:\n  EVAL_SCHEDULE: [[100, 0]]\n", "integers >= 1"),
+                                           ("MODEL:\n", "MODEL is a section of keys, got nothing"),
+                                           ("MODEL:\n  WIDTH: abc\n", "MODEL.WIDTH must be of type int, got 'abc'")])
 def test_a_yaml_that_cannot_be_honoured_is_a_config_error_naming_the_file(tmp_path, text, message):
     from freenet.config import ConfigError, load_config
 
@@ -160,8 +162,10 @@ def test_a_yaml_that_cannot_be_honoured_is_a_config_error_naming_the_file(tmp_pa
     path.write_text(text)
     with pytest.raises(ConfigError, match="bad.yaml") as e:
         load_config(str(path))
-    assert message in str(e.value)
+    assert message in str(e.value) and "\n" not in str(e.value)   # one line, not the section's defaults
     assert load_config(None, ["FREENET.EVAL_SCHEDULE", "[[100, 5]]"]).FREENET.EVAL_SCHEDULE == [[100, 5]]
+    with pytest.raises(ConfigError, match="^command-line override: MODEL is a section of keys, got a single value$"):
+        load_config(None, ["MODEL", "3"])
 
 
 def test_cudnn_keys_reach_the_backend():

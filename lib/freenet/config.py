@@ -8,6 +8,7 @@ hyper-parameters are command-line flags (SPEC §10).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -146,6 +147,20 @@ def check_config(cfg: CN, source: str) -> None:
                           "with integers >= 1")
 
 
+def _yacs_message(error: Exception) -> str:
+    """yacs's error in one line: a type mismatch on a whole section (``MODEL:`` left empty) would
+    otherwise print the section's every default."""
+    match = re.match(r"Type mismatch \((.*?) vs\. (.*?)\) with values .* for config key: (\S+)$", str(error), re.S)
+    if not match:
+        return " ".join(str(error).split())
+    expected, got, key = match.groups()
+    if "CfgNode" in expected:
+        return f"{key} is a section of keys, got {'nothing' if 'NoneType' in got else 'a single value'}"
+    name = re.sub(r"<class '(.*)'>", r"\1", expected)
+    value = str(error).rsplit(" vs. ", 1)[1].split(") for config key:")[0]
+    return f"{key} must be of type {name}, got {value!r}"
+
+
 def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
     """Defaults <- yaml <- ``KEY VALUE`` overrides, checked (:func:`check_config`), then frozen.
     A malformed yaml, an unknown key or a value of the wrong type raises :class:`ConfigError`
@@ -159,7 +174,7 @@ def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
         try:
             cfg.merge_from_file(path)
         except (AssertionError, KeyError, ValueError) as e:  # how yacs reports unknown keys / wrong types
-            raise ConfigError(f"{path}: {e}") from e
+            raise ConfigError(f"{path}: {_yacs_message(e)}") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
         except (AttributeError, TypeError) as e:  # a top level that is a list or a scalar
@@ -171,7 +186,7 @@ def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
         try:
             cfg.merge_from_list(list(opts))
         except (AssertionError, KeyError, ValueError) as e:
-            raise ConfigError(f"command-line override: {e}") from e
+            raise ConfigError(f"command-line override: {_yacs_message(e)}") from e
         sources.append("the command-line overrides")
     check_config(cfg, " + ".join(sources) or "defaults")
     cfg.freeze()
