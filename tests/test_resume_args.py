@@ -124,6 +124,17 @@ def test_atomic_files_get_the_normal_mode(tmp_path):
     assert (tmp_path / "best.json").stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.parametrize("argv, cores, expected", [([], 2, 2), ([], 16, 8), (["--workers", "5"], 2, 5),
+                                                   (["--workers", "0"], 16, 0), (["WORKERS", "3"], 16, 3)])
+def test_loader_workers_default_to_at_most_the_usable_cores(monkeypatch, argv, cores, expected):
+    import freenet.cli
+    from freenet.cli import config_from_args
+
+    monkeypatch.setattr(freenet.cli, "usable_cpus", lambda: cores)
+    args = build_parser(SCRIPTS["train_ap10k_animalpose"]).parse_args(argv)
+    assert config_from_args(args).WORKERS == expected
+
+
 def test_a_split_yaml_without_level_asks_for_it():
     from freenet.cli import config_from_args
     from freenet.config import ConfigError

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +300,6 @@ def test_sizes_and_the_command_line(tmp_path):
     assert summary["ap_10k/annotations/ap10k-val-split1.json"]["images"] == 1
     assert summary["ap10k_animalpose_tigdog/annotations/ap10k_animalpose_tigdog_val.json"]["images"] == 2
     assert read_image(str(next((tmp_path / "tigdog" / "data").rglob("*.jpg")))).shape == (64, 64, 3)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit, match=re.escape(f"--out {tmp_path / 'a_file'} is a file, not a folder")):
+        cli.main(["--out", str(tmp_path / "a_file")])

@@ -14,7 +14,7 @@ import torch
 from freenet import distributed
 from freenet.checkpoint import CheckpointError
 from freenet.config import ConfigError, configured_joint_set, load_config
-from freenet.device import DeviceError, autocast_dtype, configure_backends, resolve_device
+from freenet.device import DeviceError, autocast_dtype, configure_backends, resolve_device, usable_cpus
 from freenet.errors import DataError, EvaluationError
 from freenet.joints import JointSet, JointSetError
 
@@ -61,10 +61,12 @@ def add_run_args(p: argparse.ArgumentParser, cfg: str, *, needs_level=False, has
     a("--output-dir", default="./experiment", help="parent folder of the run directories")
     a("--resume", default=None, help="RUN/checkpoint.pth: continue that run with its own flags and config "
                                       "(RUN/args.json, RUN/config.yaml); flags given again win")
-    a("--workers", type=NON_NEGATIVE, default=8, help="data-loader processes (0 = load in the main process)")
+    a("--workers", type=NON_NEGATIVE, default=None,
+      help="data-loader processes (0 = load in the main process; default: WORKERS of the yaml, 8, at most the "
+           "CPU cores this process may use)")
     a("--seed", type=int, default=2, help="seed of the weights' init, the labeled subset and the data stream")
     a("--keypoints-path", default=None, help="joint-set name or JSON file; default: DATASET.JOINTS of the yaml")
-    a("--num-joints", type=int, default=None, help="must match the joint set (17, 21 or 24)")
+    a("--num-joints", type=int, default=None, help="must match the joint set's joint count (a check)")
     a("--device", default=None, help="auto, cpu, cuda, cuda:N; default: DEVICE of the yaml")
     a("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
     a("--amp-dtype", choices=("fp16", "bf16"), default="fp16", help="autocast dtype of --amp")
@@ -88,6 +90,10 @@ def config_from_args(args):
         if value is not None:
             opts += [key, str(value)]
     cfg = load_config(args.cfg, opts + list(args.opts or []))
+    if getattr(args, "workers", None) is None:  # more loader processes than cores only adds switching
+        cfg.defrost()
+        cfg.WORKERS = min(cfg.WORKERS, usable_cpus())
+        cfg.freeze()
     level = getattr(args, "level", None)
     if level is None and "{level}" in cfg.DATASET.SPLIT_FILE:
         raise ConfigError(f"{args.cfg}: DATASET.SPLIT_FILE {cfg.DATASET.SPLIT_FILE} needs --level 0 or 1")
