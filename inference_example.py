@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import cv2
@@ -16,6 +17,7 @@ import cv2
 from freenet.checkpoint import load_checkpoint
 from freenet.cli import USER_ERRORS
 from freenet.data.dataset import read_image
+from freenet.errors import DataError
 from freenet.device import resolve_device
 from freenet.inference import draw_pose, load_pose_model, pose_to_dict, predict, trained_input_size
 
@@ -41,6 +43,8 @@ def main(argv=None) -> int:
         model, joint_set, _ = load_pose_model(args.weights, args.joints, args.key, device, checkpoint)
         trained = trained_input_size(checkpoint)
         size = args.size or trained or 256
+        if not os.path.isfile(args.image):  # said before OpenCV logs a warning of its own
+            raise DataError(args.image, "image file not found")
         image = read_image(args.image)
         keypoints, scores = predict(model, image, args.box, args.flip, device, joint_set, size)
     except (*USER_ERRORS, ValueError) as e:

@@ -227,3 +227,12 @@ def test_inference_example_wrong_joints_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "21 joints" in err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_inference_example_missing_image_is_one_line(tmp_path, capfd):
+    _save(tmp_path / "w8.pth", 17)
+    code = _example_main()(["--image", str(tmp_path / "nope.jpg"), "--weights", str(tmp_path / "w8.pth"),
+                            "--out", str(tmp_path / "o.png")])
+    assert code == 2
+    err = capfd.readouterr().err.strip().splitlines()          # OpenCV's own warning would come first
+    assert err == [f"error: {tmp_path / 'nope.jpg'}: image file not found"]
