@@ -146,3 +146,40 @@ def test_bad_joint_set_files_name_the_field(tmp_path):
     listed.write_text("[]")
     with pytest.raises(JointSetError, match="list.json: expected a JSON object"):
         load_joint_set(listed)
+
+
+def test_ap10k_joint_set_is_exactly_spec_2_1_and_2_5():
+    """Every AP-10K value the SPEC fixes, written out from §2.1 (names, flip pairs, upper/lower body,
+    loss weights, both OKS sigma lists of §11.6, skeleton) and §2.5 (part groups and keep ratios)."""
+    js = load_joint_set("ap10k")
+    # §2.1 joint names in model order
+    assert list(js.joints) == ["L_eye", "R_eye", "nose", "neck", "tail", "L_F_hip", "L_F_knee", "L_F_paw",
+                               "R_F_hip", "R_F_knee", "R_F_paw", "L_B_hip", "L_B_knee", "L_B_paw", "R_B_hip",
+                               "R_B_knee", "R_B_paw"]
+    assert js.num_joints == 17
+    # §2.1 flip pairs, and the permutation they make (§4 flip)
+    assert [list(p) for p in js.flip_pairs] == [[0, 1], [5, 8], [6, 9], [7, 10], [11, 14], [12, 15], [13, 16]]
+    assert js.flip_index.tolist() == [1, 0, 2, 3, 4, 8, 9, 10, 5, 6, 7, 14, 15, 16, 11, 12, 13]
+    # §2.1 upper / lower body (the half-body rule of §4)
+    assert list(js.upper_body) == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10]
+    assert list(js.lower_body) == [4, 11, 12, 13, 14, 15, 16]
+    # §2.1 per-joint loss weights (§5.4)
+    assert list(js.loss_weights) == [1.0, 1.0, 1.0, 1.0, 1.2, 1.2, 1.2, 1.5, 1.2, 1.2, 1.5, 1.5, 1.2, 1.5, 1.5,
+                                     1.2, 1.5]
+    # §2.1 / §11.6 OKS sigmas: standard (aligned) and the FreeNet paper's list (pairwise order)
+    assert js.sigmas_for("standard").tolist() == [.025, .025, .026, .035, .035, .079, .072, .062, .079, .072,
+                                                  .062, .107, .087, .089, .107, .087, .089]
+    assert list(js.sigmas) == js.sigmas_for("standard").tolist()
+    assert js.sigmas_for("freenet").tolist() == [.025, .025, .026, .035, .035, .079, .079, .072, .072, .062,
+                                                 .062, .107, .107, .087, .087, .089, .089]
+    # §2.1 drawing skeleton (the official AP-10K one, 0-based)
+    assert [list(p) for p in js.skeleton] == [[0, 1], [0, 2], [1, 2], [2, 3], [3, 4], [3, 5], [5, 6], [6, 7],
+                                              [3, 8], [8, 9], [9, 10], [4, 11], [11, 12], [12, 13], [4, 14],
+                                              [14, 15], [15, 16]]
+    # §2.5 part groups for 17 joints: order face, front, back, exclusive; ratios [0.5, 0.6, 0.65, 0.65]
+    assert [(g.name, list(g.joints), g.min_ratio) for g in js.part_groups] == [
+        ("face", [0, 1, 2], 0.5),
+        ("front", [5, 6, 7, 8, 9, 10], 0.6),
+        ("back", [4, 11, 12, 13, 14, 15, 16], 0.65),
+        ("exclusive", [3], 0.65),
+    ]

@@ -42,12 +42,22 @@ def test_supervised_weights_initialise_the_freenet_teacher(synthetic_root, tmp_p
     checkpoint = load_checkpoint(run_dir / "checkpoint.pth")
     assert trained_input_size(checkpoint) == 64
     assert load_pose_model(run_dir / "checkpoint.pth", checkpoint=checkpoint)[1].name == "ap10k"
-    # and the FreeNet script picks it up by its default name for --level 0
+    # and the FreeNet script picks it up by its default name for --level 0 as the teacher (SPEC §10).
+    # One step: the warm-up's LR multiplier is 0 at step 0 (§8), so AdamW leaves every parameter as it is.
     code = run("train_split_ap10k", ["--level", "0", "--data-root", str(synthetic_root),
                                      "--output-dir", str(tmp_path / "fn"), "--pretrained-model-path", str(weights),
-                                     "--total-steps", "2", "--eval-step", "2", "--workers", "0", "--batch-size", "2",
+                                     "--total-steps", "1", "--eval-step", "1", "--workers", "0", "--batch-size", "2",
                                      "--mu", "1", *TINY_MODEL])
     assert code == 0
+    run_dir = next((tmp_path / "fn").iterdir())
+    freenet = torch.load(run_dir / "checkpoint.pth", weights_only=False)
+    parameters = [name for name, _ in model.named_parameters()]
+    assert all(torch.equal(freenet["teacher_model"][n], best[n]) for n in parameters)
+    assert not torch.equal(freenet["student_model"]["final_layer.weight"], best["final_layer.weight"])
+    # best-oks.pth (§9) is the student's state_dict, not the teacher's
+    best_oks = torch.load(run_dir / "best-oks.pth", weights_only=True)
+    assert best_oks.keys() == freenet["student_model"].keys()
+    assert all(torch.equal(t, freenet["student_model"][n]) for n, t in best_oks.items())
 
 
 def test_student_init_is_non_strict_but_refuses_shape_mismatches(tmp_path, caplog):

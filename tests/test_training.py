@@ -82,6 +82,75 @@ def test_a_run_that_never_evaluates_says_so(synthetic_root, tmp_path, caplog):
            "will be written; lower --eval-step" in caplog.text
 
 
+class _Built(Exception):
+    """Raised by the stand-in step once train_freenet has built what the step is given."""
+
+
+def _built_for(script, argv, monkeypatch):
+    """What train_freenet hands the step for ``script`` with ``argv``: its teacher and student
+    (model, optimiser, scheduler) and hyper-parameters. Nothing trains and no run folder is made."""
+    import freenet.training as training
+    from freenet.cli import parse_run_args
+
+    built = {}
+
+    def capture(teacher, student, joint_set, hyper, *rest):
+        built.update(teacher=teacher, student=student, hyper=hyper)
+        raise _Built
+
+    monkeypatch.setattr(training, "FreeNetStep", capture)
+    parser = training.build_parser(training.SCRIPTS[script])
+    with pytest.raises(_Built):
+        training.train_freenet(*parse_run_args(parser, argv))
+    return built
+
+
+def _adamw_group(optimized):
+    """The one parameter group of an AdamW over every parameter of the network (SPEC §8)."""
+    assert type(optimized.optimizer) is torch.optim.AdamW
+    (group,) = optimized.optimizer.param_groups
+    assert [id(p) for p in group["params"]] == [id(p) for p in optimized.model.parameters()]
+    assert group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8
+    return group
+
+
+@pytest.mark.parametrize("script", [name.removesuffix(".py") for name in SCRIPTS])
+def test_default_flags_reach_the_optimisers_and_the_step(script, synthetic_root, tmp_path, monkeypatch):
+    from freenet.freenet_step import FreeNetHyper
+
+    built = _built_for(script, ["--data-root", str(synthetic_root), "--output-dir", str(tmp_path), "--workers", "0",
+                                "--pretrained-weights-name", "", *SCRIPTS[script + ".py"], *TINY_MODEL], monkeypatch)
+    # SPEC §10 defaults: down-step 9000, feedback 3000 -> 6000 with weight 2; §8: AdamW, teacher lr 1e-5,
+    # student 1e-3, weight decay 1e-4, 900 warm-up steps of 120000, no student wait.
+    assert built["hyper"] == FreeNetHyper(down_step=9000, feedback_start=3000, feedback_complete=6000,
+                                          feedback_weight=2.0)
+    for name, lr in (("teacher", 1e-5), ("student", 1e-3)):
+        group = _adamw_group(built[name])
+        assert group["initial_lr"] == lr and group["weight_decay"] == 1e-4
+        multiplier = built[name].scheduler.lr_lambdas[0]
+        assert (multiplier(0), multiplier(450), multiplier(900)) == (0.0, 0.5, 1.0)
+        assert multiplier(900 + (120000 - 900) // 2) == pytest.approx(0.5, abs=1e-4)
+
+
+def test_given_flags_reach_the_optimisers_and_the_step(synthetic_root, tmp_path, monkeypatch):
+    from freenet.freenet_step import FreeNetHyper
+
+    built = _built_for("train_ap10k_animalpose", [
+        "--data-root", str(synthetic_root), "--output-dir", str(tmp_path), "--workers", "0",
+        "--pretrained-weights-name", "", "--total-steps", "100", "--warmup-steps", "10", "--student-wait-steps", "20",
+        "--teacher_lr", "2e-5", "--student_lr", "3e-3", "--wd", "5e-4", "--down-step", "70",
+        "--feedback-steps-start", "30", "--feedback-steps-complete", "60", "--feedback-weight", "1.5",
+        *TINY_MODEL], monkeypatch)
+    assert built["hyper"] == FreeNetHyper(down_step=70, feedback_start=30, feedback_complete=60, feedback_weight=1.5)
+    teacher, student = _adamw_group(built["teacher"]), _adamw_group(built["student"])
+    assert (teacher["initial_lr"], student["initial_lr"]) == (2e-5, 3e-3)
+    assert teacher["weight_decay"] == student["weight_decay"] == 5e-4
+    # §8: the teacher warms up over 10 steps; the student waits 20 steps, then warms up to step 30.
+    assert built["teacher"].scheduler.lr_lambdas[0](5) == 0.5
+    student_multiplier = built["student"].scheduler.lr_lambdas[0]
+    assert (student_multiplier(19), student_multiplier(20), student_multiplier(30)) == (0.0, 20 / 30, 1.0)
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_runs_end_to_end(script, synthetic_root, tmp_path):
     proc = run_script(script, tiny_args(synthetic_root, tmp_path, extra=SCRIPTS[script]))

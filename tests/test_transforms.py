@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import cv2
@@ -5,12 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
+from freenet.config import load_config
 from freenet.data.dataset import KeypointDataset, StreamSampler, collate, read_image
 from freenet.data.records import Record
 from freenet.data.transforms import (AugmentConfig, TwoViewTransform, apply_matrix, crop_matrix, half_body_box,
                                      normalize_images)
 from freenet.errors import DataError
 from freenet.joints import load_joint_set
+from freenet.training import augment_config
 
 GEOMETRY_ONLY = AugmentConfig(photometric=False)
 
@@ -178,3 +182,27 @@ def test_stream_sampler_resume_ranks_and_epochs():
     r1 = take(StreamSampler(5, 2, seed=1, stream=0, rank=1, world_size=2), 4)
     assert r0 == full[0:2] + full[4:6] and r1 == full[2:4] + full[6:8]   # ranks split each global batch
     assert take(StreamSampler(5, 2, seed=2, stream=0), 10) != full[:10]
+
+
+EXPERIMENT_YAMLS = sorted((REPO / "experiments").rglob("*.yaml"))
+
+
+def test_experiment_yamls_are_found():
+    """The --cfg yamls under experiments/ (SPEC §10): the parametrisation below must not be empty."""
+    assert len(EXPERIMENT_YAMLS) >= 3
+
+
+@pytest.mark.parametrize("yaml_file", [None] + EXPERIMENT_YAMLS,
+                         ids=lambda p: "defaults" if p is None else str(p.relative_to(REPO)))
+def test_training_augmentation_is_spec_4(yaml_file):
+    """The AugmentConfig training builds from each experiment yaml (and from the defaults) carries the
+    SPEC §4 values: 256 crop / 64 heatmap (SPEC preamble, §5.1), sigma 2 (§4, §5.1), half body p 0.3, scale
+    U(0.65, 1.35), integer rotation U{-45..45}, flip p 0.5, and the photometric aug view (§4)."""
+    aug = augment_config(load_config(None if yaml_file is None else str(yaml_file)))
+    expected = {"input_size": 256, "heatmap_size": 64, "sigma": 2.0, "half_body_prob": 0.3,
+                "scale_range": (0.65, 1.35), "max_rotation": 45, "flip_prob": 0.5, "photometric": True}
+    assert {f.name for f in dataclasses.fields(AugmentConfig)} == set(expected), "a new setting: add its §4 value"
+    got = dataclasses.asdict(aug)
+    assert tuple(got.pop("scale_range")) == pytest.approx(expected.pop("scale_range"), abs=1e-12)
+    assert got == expected
+    assert isinstance(aug.max_rotation, int) and not isinstance(aug.max_rotation, bool)   # integer degrees
