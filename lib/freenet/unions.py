@@ -306,7 +306,8 @@ def build_union(sources: Sequence[tuple[str, Sequence[str]]], like: JointSet | N
     union = {
         "name": name,
         "description": description or (f"Union of {', '.join(seen_sources)} ({n} joints), built from joint "
-                                       "names by tools/build_union.py" + (f" like '{like.name}'" if like else "") + "."),
+                                       "names by tools/build_union.py"
+                                       + (f" like '{like.name}'." if like else ".")),
         "joints": names_u,
         "flip_pairs": [list(p) for p in flip_pairs_by_name(names_u, [j.origin for j in joints])],
         "loss_weights": [j.info.weight for j in joints],
