@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from freenet.checkpoint import CheckpointError
 from freenet.models import (PoseHighResolutionNet, compile_regions, count_parameters, fold_batchnorm,
                             load_imagenet_backbone, to_sync_batchnorm)
-from freenet.models.hrnet import BACKBONE_PREFIXES, REGION_TYPES, BatchNorm2d
+from freenet.models.hrnet import BACKBONE_PREFIXES, REGION_TYPES, BasicBlock, BatchNorm2d
 from freenet.profiling import dispatched_ops
 
 SPEC_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "hrnet_w32_state_dict.json"
@@ -223,6 +224,138 @@ def test_fold_batchnorm_folds_sync_batchnorm_the_same():
         ref = model(x)
         out = fold_batchnorm(to_sync_batchnorm(copy.deepcopy(model)))(x)
     assert torch.allclose(out, ref, rtol=0, atol=1e-5 * ref.abs().max())
+
+
+class _FunctionalHRNet:
+    """An eval-mode HRNet forward in ``torch.nn.functional`` that finds every weight by its official
+    state_dict key (SPEC §13) and counts blocks, modules and branches from the keys present. It
+    records the keys it reads, so a test can check that the layout holds nothing it does not use.
+    """
+
+    def __init__(self, state_dict: dict[str, torch.Tensor], eps: float):
+        self.state, self.eps, self.read = state_dict, eps, set()
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        self.read.add(key)
+        return self.state[key]
+
+    def count(self, prefix: str) -> int:
+        """1 + the largest index right after ``prefix``; identity entries have no keys (SPEC §13)."""
+        return 1 + max(int(k[len(prefix):].split(".")[0]) for k in self.state if k.startswith(prefix))
+
+    def conv_bn(self, x: torch.Tensor, conv: str, bn: str, stride: int = 1, relu: bool = True) -> torch.Tensor:
+        """Bias-free conv with 'same' padding -> eval-mode BN [-> ReLU] (SPEC §13)."""
+        w = self[f"{conv}.weight"]
+        x = F.conv2d(x, w, stride=stride, padding=w.shape[-1] // 2)
+        x = F.batch_norm(x, self[f"{bn}.running_mean"], self[f"{bn}.running_var"], self[f"{bn}.weight"],
+                         self[f"{bn}.bias"], training=False, eps=self.eps)
+        return F.relu(x) if relu else x
+
+    def bottleneck(self, x: torch.Tensor, p: str) -> torch.Tensor:
+        """layer1: 1x1 -> 3x3 -> 1x1 plus the shortcut, a 1x1 conv + BN where it has keys (SPEC §13)."""
+        out = self.conv_bn(x, f"{p}.conv1", f"{p}.bn1")
+        out = self.conv_bn(out, f"{p}.conv2", f"{p}.bn2")
+        out = self.conv_bn(out, f"{p}.conv3", f"{p}.bn3", relu=False)
+        if f"{p}.downsample.0.weight" in self.state:
+            x = self.conv_bn(x, f"{p}.downsample.0", f"{p}.downsample.1", relu=False)
+        return F.relu(out + x)
+
+    def basic_block(self, x: torch.Tensor, p: str) -> torch.Tensor:
+        """Branch block: relu(bn2(conv2(relu(bn1(conv1(x))))) + x) (SPEC §13)."""
+        out = self.conv_bn(x, f"{p}.conv1", f"{p}.bn1")
+        return F.relu(self.conv_bn(out, f"{p}.conv2", f"{p}.bn2", relu=False) + x)
+
+    def fuse(self, xs: list[torch.Tensor], p: str, i: int, j: int) -> torch.Tensor:
+        """Branch j on branch i's grid (SPEC §13): j > i 1x1 conv + BN + nearest upsampling by 2^(j-i);
+        j < i a chain of i-j stride-2 3x3 conv + BN, with a ReLU after all but the last."""
+        if j == i:
+            return xs[j]
+        if j > i:
+            y = self.conv_bn(xs[j], f"{p}.0", f"{p}.1", relu=False)
+            return F.interpolate(y, scale_factor=2 ** (j - i), mode="nearest")
+        y = xs[j]
+        for k in range(i - j):
+            y = self.conv_bn(y, f"{p}.{k}.0", f"{p}.{k}.1", stride=2, relu=k < i - j - 1)
+        return y
+
+    def module(self, xs: list[torch.Tensor], p: str) -> list[torch.Tensor]:
+        """HighResolutionModule: BasicBlocks on every branch, then each output relu(sum of all fused
+        branches); stage 4's last module has fuse keys for branch 0 only (SPEC §13)."""
+        assert self.count(f"{p}.branches.") == len(xs)
+        xs = list(xs)
+        for b in range(len(xs)):
+            for k in range(self.count(f"{p}.branches.{b}.")):
+                xs[b] = self.basic_block(xs[b], f"{p}.branches.{b}.{k}")
+        return [F.relu(sum(self.fuse(xs, f"{p}.fuse_layers.{i}.{j}", i, j) for j in range(len(xs))))
+                for i in range(self.count(f"{p}.fuse_layers."))]
+
+    def transition(self, xs: list[torch.Tensor], p: str) -> list[torch.Tensor]:
+        """3x3 conv + BN + ReLU where a branch has keys (else identity), plus a new branch from the
+        lowest-resolution one through a stride-2 3x3 conv + BN + ReLU (SPEC §13)."""
+        n = self.count(f"{p}.")
+        assert n == len(xs) + 1
+        kept = [self.conv_bn(x, f"{p}.{i}.0", f"{p}.{i}.1") if f"{p}.{i}.0.weight" in self.state else x
+                for i, x in enumerate(xs)]
+        return kept + [self.conv_bn(xs[-1], f"{p}.{n - 1}.0.0", f"{p}.{n - 1}.0.1", stride=2)]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, J, H/4, W/4): stem, layer1, transitions and stages 2-4, final 1x1 conv (SPEC §13)."""
+        x = self.conv_bn(x, "conv1", "bn1", stride=2)
+        x = self.conv_bn(x, "conv2", "bn2", stride=2)
+        for b in range(self.count("layer1.")):
+            x = self.bottleneck(x, f"layer1.{b}")
+        xs = [x]
+        for s in (2, 3, 4):
+            xs = self.transition(xs, f"transition{s - 1}")
+            for m in range(self.count(f"stage{s}.")):
+                xs = self.module(xs, f"stage{s}.{m}")
+        assert len(xs) == 1     # stage 4 keeps the highest resolution only
+        return F.conv2d(xs[0], self["final_layer.weight"], self["final_layer.bias"])
+
+
+def _random_weights(model: PoseHighResolutionNet, seed: int = 0) -> PoseHighResolutionNet:
+    """Every conv (std 1/sqrt(fan_in), biases too) and every BN (affine map, running statistics) drawn
+    at random, in eval mode: no BN is an identity and the output depends on the input (SPEC §13)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            elif isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    return model.eval()
+
+
+def test_forward_matches_a_functional_reference_read_from_the_state_dict_keys():
+    model = _random_weights(_model(num_joints=17, width=8), seed=2)
+    eps = {m.eps for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert len(eps) == 1
+    reference = _FunctionalHRNet(model.state_dict(), eps.pop())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out, ref = model(x), reference(x)
+    scale = ref.abs().max()
+    assert out.shape == ref.shape == (2, 17, 16, 16)
+    assert scale > 1 and torch.allclose(out, ref, rtol=0, atol=1e-5 * scale)
+    unread = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")} - reference.read
+    assert unread == set()
+
+
+def test_basic_block_with_zero_bn2_is_relu_of_its_input():
+    torch.manual_seed(0)
+    block = BasicBlock(4).eval()
+    with torch.no_grad():
+        block.bn2.weight.zero_()
+        block.bn2.bias.zero_()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(block(x), torch.relu(x))     # the residual branch is 0: relu(0 + x)
 
 
 def _compiled(net: nn.Module) -> set[str]:

@@ -160,9 +160,12 @@ def test_script_runs_end_to_end(script, synthetic_root, tmp_path):
     assert ckpt["step"] == 3 and ckpt["epoch"] == 1
     assert {"teacher_model", "student_model", "teacher_optimizer", "student_optimizer", "teacher_scheduler",
             "student_scheduler"} <= set(ckpt)
-    lines = (run / "val_log.txt").read_text().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("epoch:0 student_oks:") and "  teacher_pck:" in lines[0]
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    evaluations = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in evaluations] == [0, 1]
+    # val_log.txt: the original's line (SPEC §9), the student's numbers first
+    assert (run / "val_log.txt").read_text().splitlines() == [
+        f"epoch:{e['epoch']} student_oks:{e['student']['AP']:.6f}  student_pck:{e['student']['PCK']:.6f}  "
+        f"teacher_oks:{e['teacher']['AP']:.6f}  teacher_pck:{e['teacher']['PCK']:.6f}" for e in evaluations]
     best = torch.load(run / "best-oks.pth", weights_only=True)
     assert set(best) == set(ckpt["student_model"])                 # the student's weights alone
     assert (run / "best-pck.pth").is_file()
