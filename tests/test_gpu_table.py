@@ -63,12 +63,15 @@ def run_table(tmp_path, *names, stand_in: str, script: Path = SCRIPT):
     return done, out
 
 
+ECHO_ARGS = 'echo "{\\"args\\": \\"$*\\"}"'      # a stand-in's line: a JSON line naming its arguments
+
+
 def test_logs_and_json_lines_of_each_command(tmp_path):
     # prints a JSON line naming its arguments; the --no-fold variant fails
-    stand_in = """
+    stand_in = f"""
         echo "progress noise"
-        echo "{\\"args\\": \\"$*\\"}"
-        [[ "$*" != *--no-fold* ]] || { echo "RuntimeError: no CUDA" >&2; exit 1; }
+        {ECHO_ARGS}
+        [[ "$*" != *--no-fold* ]] || {{ echo "RuntimeError: no CUDA" >&2; exit 1; }}
     """
     done, out = run_table(tmp_path, "selection", "eval_no_fold", "step", stand_in=stand_in)
     assert done.returncode == 1
@@ -99,4 +102,23 @@ def test_a_command_past_its_limit_is_stopped_and_the_next_runs(tmp_path):
 def test_unknown_name_runs_nothing(tmp_path):
     done, out = run_table(tmp_path, "step", "stpe", stand_in="echo '{}'")
     assert done.returncode == 2 and "unknown name 'stpe'" in done.stderr
+    assert not out.exists()
+
+
+def test_budget_skips_the_commands_whose_limit_no_longer_fits(tmp_path):
+    # step's limit (120 s, + 10 s to KILL) does not fit in 75 s; selection's 60 (+ 10) does, and runs
+    done, out = run_table(tmp_path, "--budget", "75", "step", "selection", stand_in=ECHO_ARGS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "== step: skipped (its limit, 120 s, does not fit in the 75 s left of --budget)" in done.stdout
+    assert (out / "figures.jsonl").read_text() == '{"args": "benchmarks/selection.py --device cuda"}\n'
+    assert not (out / "step.log").exists()
+    assert done.stdout.rstrip().endswith(f"0 of 1 failed; logs in {out}/\nskipped for --budget 75: step")
+    # 65 s: selection's limit fits, but not with the 10 s that a command may take past it before KILL
+    done, out = run_table(tmp_path, "--budget", "65", "selection", stand_in=ECHO_ARGS)
+    assert done.returncode == 0 and "skipped for --budget 65: selection" in done.stdout
+
+
+def test_budget_must_be_whole_seconds(tmp_path):
+    done, out = run_table(tmp_path, "--budget", "9m", "step", stand_in="echo '{}'")
+    assert done.returncode == 2 and "--budget takes whole seconds, not '9m'" in done.stderr
     assert not out.exists()
