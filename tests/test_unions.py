@@ -206,6 +206,24 @@ def test_renames_and_clashes():
     assert SourceFile.parse("a=x/t.json") == SourceFile("a", Path("x/t.json"))
 
 
+def test_every_clash_gets_a_joint_of_its_own():
+    union, index, rows = build_union([("a", ["nose", "L_eye", "L_eye", "L_eye"])], name="u")
+    assert union["joints"] == ["nose", "L_eye", "a_L_eye", "a_L_eye_2"]
+    assert index["a"].tolist() == [0, 1, 2, 3]
+    assert [r.kind for r in rows] == ["same", "same", "clash", "clash"]
+    assert [r.created for r in rows] == [True, True, True, True]
+    # a clash name an earlier source already uses is not shared either
+    union, index, _ = build_union([("x", ["a_L_eye"]), ("a", ["L_eye", "L_eye"])], name="u")
+    assert union["joints"] == ["a_L_eye", "L_eye", "a_L_eye_2"] and index["a"].tolist() == [1, 2]
+
+
+def test_a_clash_between_two_spellings_of_a_new_joint_names_both():
+    union, index, rows = build_union([("b", ["Tail Tip", "tail-tip"])], name="u")
+    assert union["joints"] == ["Tail_Tip", "b_tail-tip"] and index["b"].tolist() == [0, 1]
+    assert [r.kind for r in rows] == ["unknown", "clash"]
+    assert rows[1].note.startswith("'tail-tip' and 'Tail_Tip' of b both resolve to 'Tail_Tip';")
+
+
 def test_template_values_reach_new_joints_by_name():
     template = dict(json.loads(Path(load_joint_set("ap10k").path).read_text()), name="tpl",
                     joints=list(load_joint_set("ap10k").joints[:16]) + ["center"])

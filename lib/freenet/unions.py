@@ -228,7 +228,9 @@ def build_union(sources: Sequence[tuple[str, Sequence[str]]], like: JointSet | N
 
     Two joints of one source that resolve to the same union joint are different points (a dataset
     does not annotate a point twice): the first keeps the mapping, the later one becomes a new
-    joint named ``<source>_<name>`` (kind ``clash``) and the report says so; ``renames`` settles it.
+    joint named ``<source>_<name>`` (kind ``clash``; ``<source>_<name>_2``, ``_3``... where that name
+    is taken, so every source joint keeps a slot of its own) and the report says so; ``renames``
+    settles it.
     """
     table = table or load_alias_table()
     renames = {(src, normalize_name(joint)): target for (src, joint), target in (renames or {}).items()}
@@ -250,7 +252,7 @@ def build_union(sources: Sequence[tuple[str, Sequence[str]]], like: JointSet | N
     for src, names in sources:
         if not names:
             raise UnionError(f"source '{src}' has no joints")
-        taken: set[str] = set()
+        taken: dict[str, str] = {}         # union key -> the joint of this source that took it
         src_index = np.empty(len(names), dtype=np.int64)
         for s, raw in enumerate(names):
             shown = _clean(raw)
@@ -266,13 +268,15 @@ def build_union(sources: Sequence[tuple[str, Sequence[str]]], like: JointSet | N
                 key, kind = "new:" + normalize_name(union_name), "renamed" if target is not None else "unknown"
                 note = "" if target is not None else table.note(raw)
             if key in taken:
-                clash_with = next(r.name for r in rows if r.source == src and r.union_name == union_name)
-                note = (f"'{shown}' and '{clash_with}' of {src} both resolve to '{union_name}'; a dataset does not "
-                        f"annotate one point twice, so '{shown}' is kept apart (use --rename {src}:JOINT=NAME to "
-                        "choose)")
-                union_name = f"{src}_{shown}"
-                key, kind = "new:" + normalize_name(union_name), "clash"
-            taken.add(key)
+                note = (f"'{shown}' and '{taken[key]}' of {src} both resolve to '{joints[index_of[key]].name}'; a "
+                        f"dataset does not annotate one point twice, so '{shown}' is kept apart (use --rename "
+                        f"{src}:JOINT=NAME to choose)")
+                union_name, kind, nth = f"{src}_{shown}", "clash", 1
+                # A clash always gets a joint of its own, even when the same point clashes again.
+                while (key := "new:" + normalize_name(union_name)) in taken or key in index_of:
+                    nth += 1
+                    union_name = f"{src}_{shown}_{nth}"
+            taken[key] = shown
             created = key not in index_of
             if created:
                 info = table.joints[key] if not key.startswith("new:") else table.new_joint
