@@ -13,6 +13,7 @@ from freenet.data.coco import (DataLayout, load_coco_json, load_coco_records, no
                                to_union)
 from freenet.data.records import Record
 from freenet.errors import DataError
+from freenet.evaluation import eval_records
 from freenet.joints import JointSetError, load_joint_set, map_by_name, remap_keypoints
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -331,6 +332,38 @@ def test_null_keypoint_names_the_annotation(ap10k_sample):
     data["annotations"][1]["keypoints"][0] = None   # annotation 6
     with pytest.raises(DataError, match=r"null.json \(id 6\): 'keypoints' must contain only numbers"):
         load_coco_records(_write(root / "null.json", data), root, load_joint_set("ap10k"))
+
+
+@pytest.mark.parametrize("where, field, value, message", [
+    ("images", "id", "img_a", r"strid.json: an image's 'id' must be an integer, got 'img_a'"),
+    ("annotations", "id", 6.5, r"strid.json: an annotation's 'id' must be an integer, got 6.5"),
+    ("annotations", "image_id", "2", r"strid.json \(id 6\): annotation's 'image_id' must be an integer, got '2'"),
+    ("annotations", "category_id", "dog", r"strid.json \(id 6\): annotation's 'category_id' must be an integer"),
+])
+def test_ids_that_are_not_integers_name_the_field(ap10k_sample, where, field, value, message):
+    """Records, splits and id files sort and offset ids as integers: a string id (some converters
+    write them) is refused by name on loading, for training and evaluation alike."""
+    root, data = ap10k_sample
+    data[where][1][field] = value           # image 2 / annotation 6
+    bad = _write(root / "strid.json", data)
+    with pytest.raises(DataError, match=message):
+        load_coco_records(bad, root, load_joint_set("ap10k"))
+    with pytest.raises(DataError, match=message):
+        eval_records(bad, root, load_joint_set("ap10k"))
+
+
+def test_joint_count_without_a_joint_set_is_the_most_common_one(ap10k_sample):
+    """Without a joint set J is what most annotations have: a short first annotation is the one
+    named, not the good annotation after it."""
+    root, data = ap10k_sample
+    data["annotations"][0]["keypoints"] = data["annotations"][0]["keypoints"][:-3]  # 9284: 16 joints of 17
+    data["annotations"].append(dict(data["annotations"][1], id=7))
+    with pytest.raises(DataError, match=r"short.json \(id 9284\): 'keypoints' has 48 values, expected 3\*17"):
+        load_coco_records(_write(root / "short.json", data), root)
+    data["annotations"][0]["keypoints"] = [1, 2]                                    # no triplets anywhere
+    data["annotations"] = data["annotations"][:1]
+    with pytest.raises(DataError, match=r"pair.json \(id 9284\): 'keypoints' has 2 values, not a multiple of 3"):
+        load_coco_records(_write(root / "pair.json", data), root)
 
 
 # ----------------------------------------------------------------------------------------------

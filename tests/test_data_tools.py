@@ -279,6 +279,27 @@ def test_checker_survives_hostile_entries(tmp_path):
     assert check_coco_file(tmp_path / "nowhere.json").kinds() == Counter({"file_missing": 1})
 
 
+def test_checker_reads_ids_and_null_keypoints_as_training_does(tmp_path):
+    """Training refuses ids that are not integers and drops an instance whose keypoints are null:
+    errors for the first, a note for the second."""
+    box = [0, 0, 5, 5]
+    data = {"images": [{"id": "img_a", "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg", "width": 9, "height": 9}],
+            "annotations": [{"id": "a1", "image_id": 1, "category_id": 1, "bbox": box, "keypoints": [1, 1, 2]},
+                            {"id": 2, "image_id": "1", "category_id": 1, "bbox": box, "keypoints": [1, 1, 2]},
+                            {"id": 3, "image_id": 1, "category_id": "cat", "bbox": box, "keypoints": [1, 1, 2]},
+                            {"id": 4, "image_id": 1, "category_id": 1, "bbox": box, "keypoints": None},
+                            {"id": 5, "image_id": 1, "category_id": 1, "bbox": box, "keypoints": [1, 1, 2]}],
+            "categories": [{"id": 1, "name": "x", "keypoints": ["a"]}]}
+    report = check_coco_file(write_json(tmp_path / "ids.json", data), check_images=False)
+    assert report.kinds("error") == Counter({"bad_image_entry": 1, "bad_annotation_entry": 1, "unknown_image": 1,
+                                             "unknown_category": 1})
+    messages = {i.kind: i.message for i in report.errors}
+    assert messages["unknown_image"] == "'image_id' must be an integer, got '1'"
+    assert messages["unknown_category"] == "'category_id' must be an integer, got 'cat'"
+    assert [(i.ann_id, i.message) for i in report.at("info") if i.kind == "instance_not_kept"] == [
+        (4, "'keypoints' is null")]
+
+
 def test_file_complete_walks_past_an_embedded_thumbnail():
     import cv2
 

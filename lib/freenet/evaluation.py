@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from freenet.data.coco import (DataLayout, in_joint_set_order, keypoint_values, load_coco_json, load_json,
-                               normalize_source)
+                               normalize_source, require_id)
 from freenet.data.dataset import read_image
 from freenet.data.transforms import normalize_images
 from freenet.config import configured_joint_set
@@ -133,10 +133,10 @@ def eval_records(ann_file: str | os.PathLike, image_dir: str | os.PathLike, join
     for img in data["images"]:
         if "id" not in img or "file_name" not in img:
             raise DataError(ann_file, f"an image entry lacks 'id' or 'file_name': {img!r:.100}")
+        img_id = require_id(ann_file, img, "id", "an image")
         if "width" not in img or "height" not in img:
-            raise DataError(ann_file, "image has no 'width'/'height' (needed to clip its boxes)",
-                            img["id"])
-        images[img["id"]] = img
+            raise DataError(ann_file, "image has no 'width'/'height' (needed to clip its boxes)", img_id)
+        images[img_id] = img
 
     candidates = []
     for ann in data["annotations"]:
@@ -149,8 +149,11 @@ def eval_records(ann_file: str | os.PathLike, image_dir: str | os.PathLike, join
         box = ann["bbox"]
         if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
             raise DataError(ann_file, f"'bbox' must be 4 numbers [x, y, w, h], got {box!r:.80}", ann.get("id"))
-        if ann.get("image_id") not in images:
-            raise DataError(ann_file, f"annotation points at unknown image id {ann.get('image_id')}", ann.get("id"))
+        ann_id = require_id(ann_file, ann, "id", "an annotation")
+        if require_id(ann_file, ann, "image_id", "annotation", ann_id) not in images:
+            raise DataError(ann_file, f"annotation points at unknown image id {ann['image_id']}", ann_id)
+        if "category_id" in ann:
+            require_id(ann_file, ann, "category_id", "annotation", ann_id)
         if ann.get("num_keypoints", 1) == 0 or ann.get("area", 1) <= 0:
             continue
         candidates.append(ann)

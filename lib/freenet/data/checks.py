@@ -238,8 +238,9 @@ def _is_number(v) -> bool:
 
 
 def _is_id(v) -> bool:
-    """COCO ids are integers; strings are tolerated (some converters write them)."""
-    return _is_int(v) or isinstance(v, str)
+    """COCO ids are integers, as training reads them (it sorts, offsets and stores them as ints):
+    a string or float id is an error here, as it is when the file loads."""
+    return _is_int(v)
 
 
 def _joint_list(names: Sequence[str], joints: Iterable[int], values=None) -> str:
@@ -440,9 +441,14 @@ def _check_annotations(path, data, images: dict, categories: dict | None, joint_
                       img_id, ann_id, "id"))
             continue
         seen.add(ann_id)
-        if img_id not in images:
+        if not _is_id(ann.get("image_id")):
+            add(Issue("unknown_image", path, f"'image_id' must be an integer, got {img_id}", None, ann_id, "image_id"))
+        elif img_id not in images:
             add(Issue("unknown_image", path, f"image id {img_id!r} is not in 'images'", img_id, ann_id, "image_id"))
-        if categories is not None and cat_id not in categories:
+        if "category_id" in ann and not _is_id(ann["category_id"]):
+            add(Issue("unknown_category", path, f"'category_id' must be an integer, got {cat_id}", img_id, ann_id,
+                      "category_id"))
+        elif categories is not None and cat_id not in categories:
             add(Issue("unknown_category", path, f"category id {cat_id!r} is not in 'categories'", img_id, ann_id,
                       "category_id"))
 
@@ -451,6 +457,8 @@ def _check_annotations(path, data, images: dict, categories: dict | None, joint_
         if "keypoints" not in ann:
             add(Issue("keypoints_missing", path, "no 'keypoints'", img_id, ann_id, "keypoints"))
             kps = None
+        elif kps is None:           # read as no labeled joint when the file loads
+            add(Issue("instance_not_kept", path, "'keypoints' is null", img_id, ann_id, "keypoints"))
         elif not isinstance(kps, list) or not all(_is_number(v) for v in kps):
             add(Issue("keypoint_values", path, f"expected a list of numbers, got {kps!r:.60}", img_id, ann_id,
                       "keypoints"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -179,15 +179,25 @@ def _require(ann_file, obj, key, what, record_id=None):
     return obj[key]
 
 
+def require_id(ann_file, obj, key, what, record_id=None) -> int:
+    """An id field, which must be an integer: records, splits and id files sort and offset them."""
+    value = _require(ann_file, obj, key, what, record_id)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DataError(ann_file, f"{what}'s '{key}' must be an integer, got {value!r:.40}", record_id)
+    return value
+
+
 def _infer_num_joints(ann_file, annotations, categories) -> int:
-    """J from the first annotation that has keypoints, else from the first category's names."""
-    for ann in annotations:
-        kps = ann.get("keypoints") if isinstance(ann, dict) else None
-        if kps:
-            if len(kps) % 3:
-                raise DataError(ann_file, f"'keypoints' has {len(kps)} values, not a multiple of 3",
-                                ann.get("id"))
-            return len(kps) // 3
+    """J from the most common keypoint count of the annotations (so that one bad annotation is the
+    one reported, not the good ones), else from the first category's names."""
+    labeled = [a for a in annotations if isinstance(a, dict) and isinstance(a.get("keypoints"), list) and a["keypoints"]]
+    lengths = Counter(len(a["keypoints"]) for a in labeled)
+    whole = [n for n, _ in lengths.most_common() if n % 3 == 0]      # ties: the first annotation's count
+    if whole:
+        return whole[0] // 3
+    if labeled:
+        n = len(labeled[0]["keypoints"])
+        raise DataError(ann_file, f"'keypoints' has {n} values, not a multiple of 3", labeled[0].get("id"))
     for cat in categories or []:
         if isinstance(cat, dict) and cat.get("keypoints"):
             return len(cat["keypoints"])
@@ -234,7 +244,7 @@ def load_coco_records(ann_file: str | os.PathLike, image_root: str | os.PathLike
     for img in images:
         if not isinstance(img, dict):
             raise DataError(ann_file, f"an entry of 'images' is not an object: {img!r:.80}")
-        img_id = _require(ann_file, img, "id", "an image")
+        img_id = require_id(ann_file, img, "id", "an image")
         _require(ann_file, img, "file_name", "image", img_id)
         if img_id in images_by_id:
             raise DataError(ann_file, f"duplicate image id {img_id}", img_id)
@@ -251,11 +261,13 @@ def load_coco_records(ann_file: str | os.PathLike, image_root: str | os.PathLike
     for ann in annotations:
         if not isinstance(ann, dict):
             raise DataError(ann_file, f"an entry of 'annotations' is not an object: {ann!r:.80}")
-        ann_id = _require(ann_file, ann, "id", "an annotation")
+        ann_id = require_id(ann_file, ann, "id", "an annotation")
         if ann_id in seen_ann_ids:
             raise DataError(ann_file, f"duplicate annotation id {ann_id}", ann_id)
         seen_ann_ids.add(ann_id)
-        img_id = _require(ann_file, ann, "image_id", "annotation", ann_id)
+        img_id = require_id(ann_file, ann, "image_id", "annotation", ann_id)
+        if "category_id" in ann:
+            require_id(ann_file, ann, "category_id", "annotation", ann_id)
         if img_id not in images_by_id:
             raise DataError(ann_file, f"annotation points at unknown image id {img_id}", ann_id)
         kps = _require(ann_file, ann, "keypoints", "annotation", ann_id) or []  # unlabeled joints are 0, 0, 0
