@@ -521,6 +521,13 @@ def test_ratio_tiny_case_by_hand(tmp_path, capsys):
     assert summary["offsets"] is None and "offsetting" not in capsys.readouterr().out
     # Pool: (1, 1), (1, 3), (2, 2), (7, 9), (7, 8); random.Random(7).sample(range(5), 2) == [2, 1].
     assert (tmp_path / "s_img_ann_ids.json").read_text() == '{"1": [3], "2": [2]}'
+    # Ids from 0: the authors' shift by the largest id would put b's image 0 on a's image 1 and its
+    # annotation 0 on a's 2; one more keeps them apart.
+    z = write_json(tmp_path / "z.json", _coco([0, 1], [(0, 0), (1, 1), (2, 1)]))
+    y = write_json(tmp_path / "y.json", _coco([0], [(0, 0), (1, 0)]))
+    summary = make_splits.main(["ratio", "--ann", str(z), str(y), "--ratio", "1", "--out-prefix", str(tmp_path / "t")])
+    assert summary["offsets"] == [(0, 0), (2, 3)]
+    assert (tmp_path / "t_img_ann_ids.json").read_text() == '{"0": [0], "1": [1, 2], "2": [3, 4]}'
 
 
 @needs_data

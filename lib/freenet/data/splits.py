@@ -399,9 +399,11 @@ def generate_missing_joint_split(records: Sequence[Record], families: Mapping[st
 def collision_offsets(pools: Sequence[Sequence[Record]]) -> list[tuple[int, int]] | None:
     """Id offsets that make pooled files' image and annotation ids unique, or None if they already are.
 
-    Pool ``k`` is shifted past the largest (shifted) image and annotation id of pools ``0..k-1``,
-    the scheme of the authors' union files (AnimalPose after AP-10K, TigDog after both, §3.5).
-    Returns one ``(image offset, annotation offset)`` per pool, the first ``(0, 0)``.
+    Pool ``k`` is shifted by the largest (shifted) image and annotation id of pools ``0..k-1``, the
+    scheme of the authors' union files (AnimalPose after AP-10K, TigDog after both, §3.5), whose
+    ids start at 1; a pool with ids below 1 (ids from 0) is shifted further, so that its smallest id
+    lands just past that largest one. Returns one ``(image offset, annotation offset)`` per pool,
+    the first ``(0, 0)``.
     """
     image_sets = [{int(r.image_id) for r in pool} for pool in pools]
     ann_sets = [{int(r.ann_id) for r in pool} for pool in pools]
@@ -411,11 +413,15 @@ def collision_offsets(pools: Sequence[Sequence[Record]]) -> list[tuple[int, int]
 
     if disjoint(image_sets) and disjoint(ann_sets):
         return None
+    def past(top, ids):     # the offset that puts every id of a later pool above ``top``
+        return top + max(0, 1 - min(ids, default=1))
+
     offsets, top_image, top_ann = [], 0, 0
-    for images, anns in zip(image_sets, ann_sets):
-        offsets.append((top_image, top_ann))
-        top_image = max([top_image] + [i + top_image for i in images])
-        top_ann = max([top_ann] + [a + top_ann for a in anns])
+    for k, (images, anns) in enumerate(zip(image_sets, ann_sets)):
+        image_offset, ann_offset = (past(top_image, images), past(top_ann, anns)) if k else (0, 0)
+        offsets.append((image_offset, ann_offset))
+        top_image = max([top_image] + [i + image_offset for i in images])
+        top_ann = max([top_ann] + [a + ann_offset for a in anns])
     return offsets
 
 
