@@ -46,3 +46,38 @@ def test_quick_demo_report(tmp_path):
     assert json.loads((out / "runs" / "freenet" / freenet_run.split("/")[-1] / "args.json").read_text())["mu"] == 2
     assert json.loads((out / "runs" / "labeled_only" / summary["runs"]["labeled_only"].split("/")[-1]
                        / "args.json").read_text())["mu"] == 0
+
+
+def test_output_folder_of_the_user_is_refused_and_a_demo_folder_is_replaced(tmp_path):
+    from freenet.config import ConfigError
+    from freenet.demo import MARKER, prepare_output
+
+    project = tmp_path / "project"                 # `demo.py --out .` in a project with its own data
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "ann.json").write_text("{}")
+    (project / "pretrained_weights").mkdir()
+    with pytest.raises(ConfigError, match=r"project: --out holds files that are not a demo's \(data, pretrained_w"):
+        prepare_output(project)
+    assert (project / "data" / "ann.json").read_text() == "{}" and (project / "pretrained_weights").is_dir()
+
+    demo = tmp_path / "new" / "demo"               # a new folder becomes a demo's ...
+    prepare_output(demo)
+    assert sorted(p.name for p in demo.iterdir()) == [MARKER]
+    for d in ("data", "report"):                    # ... whose output folders a later run replaces
+        (demo / d).mkdir()
+        (demo / d / "old.txt").write_text("x")
+    (demo / "notes.txt").write_text("mine")
+    prepare_output(demo)
+    assert sorted(p.name for p in demo.iterdir()) == [MARKER, "notes.txt"]
+    with pytest.raises(ConfigError, match="--out is a file"):
+        prepare_output(demo / "notes.txt")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_it_cannot_use_is_one_line_before_any_data(tmp_path, capsys):
+    from freenet.demo import main
+
+    assert main(["--quick", "--device", "cuda", "--out", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: device 'cuda' requested but CUDA is not available (use --device cpu)\n"
+    assert not (tmp_path / "d").exists()

@@ -28,10 +28,12 @@ import torch
 
 from freenet import supervised, training
 from freenet.checkpoint import extract_state_dict, load_checkpoint
-from freenet.config import load_config
+from freenet.cli import run_main
+from freenet.config import ConfigError, load_config
 from freenet.data.dataset import read_image
 from freenet.data.synthetic import generate
 from freenet.data.coco import load_coco_json
+from freenet.device import resolve_device
 from freenet.evaluation import Evaluator
 from freenet.inference import draw_pose, predict
 from freenet.joints import load_joint_set
@@ -107,12 +109,32 @@ def base_weights_name(plan: DemoPlan) -> str:
     return training.SCRIPTS["train_ap10k_animalpose_tigdog"].pretrained_weights_name.format(ratio=plan.sample_ratio)
 
 
+OUTPUT_FOLDERS = ("data", "runs", "pretrained_weights", "report")
+MARKER = ".freenet-demo"        # in a folder the demo made: its output folders may be replaced
+
+
+def prepare_output(out: Path) -> None:
+    """``out`` empty for a new demo run: a new or empty folder, or a previous demo's, whose output
+    folders are removed. A folder that holds anything else is refused: ``--out .`` in a project
+    would otherwise remove the user's own ``data/`` and ``pretrained_weights/``."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: --out is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        found = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise ConfigError(f"{out}: --out holds files that are not a demo's ({found}); the demo writes "
+                          f"{'/, '.join(OUTPUT_FOLDERS)}/ there: give a new or empty folder")
+    for d in OUTPUT_FOLDERS:
+        shutil.rmtree(out / d, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by demo.py: its data, runs, pretrained_weights and report folders are "
+                              "replaced when the demo runs again with this --out\n")
+
+
 def run_demo(plan: DemoPlan, out: Path, device: str = "auto", seed: int = 0) -> dict:
     out = Path(out)
     report_dir = out / "report"
-    for d in ("data", "runs", "pretrained_weights", "report"):
-        shutil.rmtree(out / d, ignore_errors=True)
-    report_dir.mkdir(parents=True)
+    prepare_output(out)
+    report_dir.mkdir()
     timings = {}
     t_start = time.perf_counter()
 
@@ -331,9 +353,12 @@ def main(argv=None) -> int:
     plan = PLANS["quick" if args.quick else "default"]
     if args.workers is not None:
         plan = replace(plan, workers=args.workers)
-    summary = run_demo(plan, Path(args.out), args.device, args.seed)
-    report = Path(args.out) / "report"
-    print((report / "report.md").read_text().split("\n\n")[2])
-    print(f"\nreport: {report / 'report.md'} (and report.html, metrics.json, curves, pictures); "
-          f"{summary['timings_s']['total']:.0f} s")
-    return 0
+
+    def demo():
+        resolve_device(args.device)          # before minutes of data: a device that cannot be used is one line
+        summary = run_demo(plan, Path(args.out), args.device, args.seed)
+        report = Path(args.out) / "report"
+        print((report / "report.md").read_text().split("\n\n")[2])
+        print(f"\nreport: {report / 'report.md'} (and report.html, metrics.json, curves, pictures); "
+              f"{summary['timings_s']['total']:.0f} s")
+    return run_main(demo)
