@@ -425,10 +425,28 @@ def test_families_by_joint_name_equal_the_preset(ap10k_val_file, tmp_path, capsy
     assert own.read_bytes() == preset.read_bytes()
 
 
+@needs_data
+def test_split_of_a_file_in_another_joint_order_is_in_the_order_training_reads(tmp_path):
+    """MMPose's AnimalPose file lists FreeNet's AnimalPose joints in another order; training reads it
+    in the joint set's order, so the split must be too: without --joints it is refused, with it the
+    split hides the joints it names (given in the file's own spellings) once training has read it."""
+    ann = SHARED / "mmpose_samples" / "animalpose" / "test_animalpose.json"
+    with pytest.raises(SystemExit, match=r"joint set animalpose in another order.*--joints animalpose"):
+        split(tmp_path, ann, "--family", "front=L_F_Elbow,R_F_Elbow", "--shared", "0")
+    out, _ = split(tmp_path, ann, "--joints", "animalpose", "--family", "front=L_F_Elbow,R_F_Elbow", "--shared", "L_Eye")
+    js = load_joint_set("animalpose")
+    records, _ = apply_split(load_coco_records(ann, "", js, check_images=False), load_split_file(out, 20))
+    # annotation 129 labels both front elbows (FreeNet's L_F_hip, R_F_hip) and the left eye
+    kept = [[js.joints[j] for j in np.flatnonzero(r.visibility)] for r in records]
+    assert kept[0] == ["L_eye", "L_F_hip", "R_F_hip"]
+    assert set(kept[1]) <= {"L_eye", "L_F_hip", "R_F_hip"}
+
+
 def test_joint_list_parsing():
     names = load_joint_set("ap10k").joints
     assert parse_joint_list("0-2, neck,L_F_HIP,3", names) == [0, 1, 2, 3, 5]
     assert parse_family("legs=R_B_paw,13", names) == ("legs", [16, 13])
+    assert parse_joint_list("left_front_elbow,L_F_Elbow", names) == [5]        # other datasets' names for L_F_hip
     with pytest.raises(ValueError, match="unknown joint 'L_ear'"):
         parse_joint_list("L_ear", names)
     with pytest.raises(ValueError, match=r"joint index 17 \(from '15-17'\) is outside \[0, 17\)"):

@@ -22,14 +22,14 @@ from collections import Counter
 from pathlib import Path
 
 from freenet.data.checks import file_joint_names
-from freenet.data.coco import load_coco_json, load_coco_records
+from freenet.data.coco import file_joint_order, load_coco_json, load_coco_records
 from freenet.data.splits import (SPLIT_PRESETS, collision_offsets, filter_by_image_ids,
                                  generate_missing_joint_split, image_categories, load_id_list, offset_records,
                                  parse_family, parse_joint_list, ratio_id_files, sample_by_ratio,
                                  sample_per_category, write_id_list, write_split_file)
 from freenet.errors import DataError
 from freenet.fileio import write_json_atomic
-from freenet.joints import JointSetError, load_joint_set
+from freenet.joints import JointSetError, available_joint_sets, load_joint_set
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,13 +75,32 @@ def load_records(ann: str, joint_set=None):
     return load_coco_records(ann, "", joint_set, check_images=False)
 
 
+def refuse_ambiguous_order(ann: str, data: dict, num_joints: int) -> None:
+    """Without ``--joints`` the split's joints are in the file's order. Training reads a file whose
+    categories list a joint set's joints in another order in the set's order (MMPose's AnimalPose
+    file read as ``animalpose``), which would hide other joints than the split means: such a file
+    needs ``--joints`` to say which order the split is in."""
+    others = [name for name in available_joint_sets() if load_joint_set(name).num_joints == num_joints
+              and file_joint_order(ann, data, load_joint_set(name))[0] is not None]
+    if others:
+        raise ValueError(f"{ann}: its categories list the joints of joint set {' and '.join(others)} in another "
+                         f"order, and training reads such a file in the joint set's order: give --joints with the "
+                         f"joint set your training reads it with (e.g. --joints {others[0]}); the split is then "
+                         "written in that order")
+
+
 def missing_joints(args) -> dict:
     joint_set = load_joint_set(args.joints) if args.joints else None
     records = load_records(args.ann, joint_set)
     if not records:
         raise DataError(args.ann, "no annotated instances to split")
     num_joints = records[0].num_joints
-    names = list(joint_set.joints) if joint_set else file_joint_names(load_coco_json(args.ann), num_joints)
+    if joint_set:
+        names = list(joint_set.joints)
+    else:
+        data = load_coco_json(args.ann)
+        refuse_ambiguous_order(args.ann, data, num_joints)
+        names = file_joint_names(data, num_joints)
     if args.preset:
         if args.shared:
             raise ValueError("--shared goes with --family; a preset fixes its shared joints")

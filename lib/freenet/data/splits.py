@@ -30,7 +30,7 @@ from freenet.data.coco import load_json
 from freenet.data.records import Record
 from freenet.errors import DataError
 from freenet.fileio import write_json_atomic
-from freenet.joints import normalize_name
+from freenet.joints import map_by_name, normalize_name
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +285,8 @@ def parse_joint_list(text: str, joint_names: Sequence[str] | None = None,
     """``"5,6,7"``, ``"5-10"`` or ``"L_F_hip,L_F_knee"`` -> joint indices, in the order given.
 
     Names are those of the joint set (``joint_names``), compared case-insensitively with spaces,
-    '-' and '.' read as '_'. Indices are checked against ``num_joints`` (default: the number of
+    '-' and '.' read as '_', or other datasets' names for them (the alias table: ``L_F_Elbow``
+    of MMPose's AnimalPose is ``L_F_hip``). Indices are checked against ``num_joints`` (default: the number of
     names). Repeats are dropped. Raises ``ValueError`` naming the item that does not resolve.
     """
     num_joints = len(joint_names) if num_joints is None and joint_names is not None else num_joints
@@ -303,6 +304,8 @@ def parse_joint_list(text: str, joint_names: Sequence[str] | None = None,
             indices = list(range(lo, hi + 1))
         elif normalize_name(item) in by_name:
             indices = [by_name[normalize_name(item)]]
+        elif joint_names and (alias := int(map_by_name([item], joint_names)[0])) >= 0:   # another dataset's name
+            indices = [alias]
         else:
             known = ", ".join(joint_names) if joint_names else "none (no joint set given: use indices)"
             raise ValueError(f"unknown joint '{item}'; joint names: {known}")
