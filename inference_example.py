@@ -8,7 +8,6 @@ The joint set and network width are read off the checkpoint (``--joints`` names 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -19,7 +18,35 @@ from freenet.cli import USER_ERRORS
 from freenet.data.dataset import read_image
 from freenet.errors import DataError
 from freenet.device import resolve_device
+from freenet.fileio import write_json_atomic
 from freenet.inference import draw_pose, load_pose_model, pose_to_dict, predict, trained_input_size
+from freenet.plots import save_rgb
+
+
+def crop_size(text: str) -> int:
+    """argparse type of --size: the network halves its input five times, so a positive multiple of 32."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0 or value % 32:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 32 (e.g. 64, 256), got {value}")
+    return value
+
+
+def prepare_outputs(picture: str, data: str | None) -> None:
+    """Refuse an --out OpenCV cannot encode and create the output folders, before any work is done."""
+    if not cv2.haveImageWriter(picture):
+        raise DataError(picture, "--out needs an image extension OpenCV can write (e.g. .png, .jpg)")
+    for flag, path in (("--out", picture), ("--json", data)):
+        if path and (os.path.isdir(path) or path.endswith(("/", os.sep))):
+            raise DataError(path, f"{flag} is a folder; give a file name")
+        if path and os.path.dirname(path):
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            except OSError as e:  # FileExistsError, NotADirectoryError: a file where a folder should be
+                why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+                raise DataError(path, f"cannot create the {flag} folder ({why or e})") from None
 
 
 def main(argv=None) -> int:
@@ -30,7 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--key", default="", help="checkpoint key holding the weights (default: searched)")
     p.add_argument("--box", type=float, nargs=4, metavar=("X", "Y", "W", "H"), help="animal box (default: whole image)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=crop_size, default=None,
                    help="input crop size (default: the training checkpoint's, else 256)")
     p.add_argument("--flip", action="store_true", help="flip test")
     p.add_argument("--threshold", type=float, default=0.4, help="draw joints scoring at least this")
@@ -38,6 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the keypoints here")
     args = p.parse_args(argv)
     try:
+        prepare_outputs(args.out, args.json)
         device = resolve_device(args.device)
         checkpoint = load_checkpoint(args.weights)       # read once: weights, joint set and input size
         model, joint_set, _ = load_pose_model(args.weights, args.joints, args.key, device, checkpoint)
@@ -50,18 +78,21 @@ def main(argv=None) -> int:
     except (*USER_ERRORS, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    picture = draw_pose(image, keypoints, scores, joint_set, args.threshold, args.box)
-    if not cv2.imwrite(args.out, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-        print(f"error: could not write {args.out}", file=sys.stderr)
-        return 2
     result = pose_to_dict(keypoints, scores, joint_set, args.threshold, args.image, args.box)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
     print(f"input {size} px" + ("" if args.size or trained else
                                 " (the default: the checkpoint records no training size; --size sets it)"))
-    for k in result["keypoints"]:
+    for k in result["keypoints"]:  # printed first: a failed write below loses no prediction
         print(f"{k['name']:<12} x {k['x']:8.1f}  y {k['y']:8.1f}  score {k['score']:.3f}")
+    path = args.out
+    try:
+        save_rgb(path, draw_pose(image, keypoints, scores, joint_set, args.threshold, args.box))
+        if args.json:
+            path = args.json
+            write_json_atomic(path, result, indent=2)
+    except (cv2.error, OSError) as e:  # e.g. a full disk, or a folder made read-only since the start
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1]
+        print(f"error: {path}: cannot write it ({reason})", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}" + (f" and {args.json}" if args.json else ""))
     return 0
 

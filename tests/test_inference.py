@@ -1,6 +1,7 @@
 """Single-image inference: geometry of predict(), checkpoint inference, drawing, the example script."""
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from freenet.checkpoint import CheckpointError
+from freenet.checkpoint import CheckpointError, extract_state_dict
+from freenet.device import DeviceError, resolve_device
 from freenet.evaluation import box_centre_scale
 from freenet.inference import (PART_COLOURS, draw_pose, load_pose_model, pose_to_dict, predict,
                                whole_image_box)
@@ -195,11 +197,15 @@ def test_pose_to_dict_names_every_joint():
     json.dumps(d)
 
 
-def _example_main():
+def _example_module():
     spec = importlib.util.spec_from_file_location("inference_example", REPO / "inference_example.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main
+    return module
+
+
+def _example_main():
+    return _example_module().main
 
 
 @needs_image
@@ -236,3 +242,90 @@ def test_inference_example_missing_image_is_one_line(tmp_path, capfd):
     assert code == 2
     err = capfd.readouterr().err.strip().splitlines()          # OpenCV's own warning would come first
     assert err == [f"error: {tmp_path / 'nope.jpg'}: image file not found"]
+
+
+def test_a_key_missing_from_a_raw_state_dict_says_to_leave_it_out(tmp_path):
+    """A raw state_dict has a key per tensor (hundreds for HRNet): the message says what the file is instead."""
+    _save(tmp_path / "best-oks.pth", 17, key="")
+    with pytest.raises(CheckpointError) as e:
+        load_pose_model(tmp_path / "best-oks.pth", key="student_model")
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'best-oks.pth'}: no key 'student_model' in the checkpoint")
+    assert "weights alone" in message and "leave out the key" in message
+    assert len(message) < 300 and "\n" not in message
+
+
+def test_a_key_missing_from_a_checkpoint_lists_ten_of_its_other_keys():
+    checkpoint = {f"k{i:02d}": i for i in range(15)} | {"loose_tensor": torch.zeros(3)}
+    with pytest.raises(CheckpointError) as e:
+        extract_state_dict(checkpoint, "model", "c.pth")
+    assert str(e.value) == ("c.pth: no key 'model' in the checkpoint "
+                            "(it has: k00, k01, k02, k03, k04, k05, k06, k07, k08, k09, ... and 5 more)")
+
+
+def test_an_unparsable_device_is_a_device_error_naming_it():
+    with pytest.raises(DeviceError, match=r"^unknown device 'gpu' \(use cpu, cuda, cuda:N or auto\)$"):
+        resolve_device("gpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_inference_example_device_typo_is_one_line(tmp_path, capsys):
+    _save(tmp_path / "w8.pth", 17)
+    code = _example_main()(["--image", str(TEST_JPG), "--weights", str(tmp_path / "w8.pth"), "--device", "gpu",
+                            "--out", str(tmp_path / "o.png")])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == ["error: unknown device 'gpu' (use cpu, cuda, cuda:N or auto)"]
+
+
+@pytest.mark.parametrize("size", ["200", "-64", "0"])
+def test_inference_example_size_must_be_a_positive_multiple_of_32(tmp_path, size, capsys):
+    _save(tmp_path / "w8.pth", 17)
+    with pytest.raises(SystemExit) as e:
+        _example_main()(["--image", str(TEST_JPG), "--weights", str(tmp_path / "w8.pth"), "--size", size,
+                         "--out", str(tmp_path / "o.png")])
+    assert e.value.code == 2
+    assert f"argument --size: must be a positive multiple of 32 (e.g. 64, 256), got {size}" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+@needs_image
+def test_inference_example_refuses_an_out_without_an_image_extension_before_any_work(tmp_path, capsys):
+    _save(tmp_path / "w8.pth", 17)
+    out = tmp_path / "new" / "noext"
+    code = _example_main()(["--image", str(TEST_JPG), "--weights", str(tmp_path / "w8.pth"), "--size", "64",
+                            "--out", str(out), "--json", str(tmp_path / "new" / "k.json")])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"error: {out}: --out needs an image extension OpenCV can write "
+                                         f"(e.g. .png, .jpg)"]
+    assert captured.out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["w8.pth"]  # no folder made
+
+
+@needs_image
+def test_inference_example_creates_the_output_folders(tmp_path):
+    _save(tmp_path / "w8.pth", 17)
+    out, js = tmp_path / "pictures" / "a" / "o.png", tmp_path / "keypoints" / "k.json"
+    code = _example_main()(["--image", str(TEST_JPG), "--weights", str(tmp_path / "w8.pth"), "--size", "64",
+                            "--out", str(out), "--json", str(js)])
+    assert code == 0
+    assert cv2.imread(str(out)).shape == cv2.imread(str(TEST_JPG)).shape
+    assert len(json.loads(js.read_text())["keypoints"]) == 17
+
+
+@needs_image
+def test_inference_example_failed_write_is_one_line_and_keeps_the_prediction(tmp_path, capsys, monkeypatch):
+    module = _example_module()
+
+    def full_disk(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(module, "write_json_atomic", full_disk)
+    _save(tmp_path / "w8.pth", 17)
+    out, js = tmp_path / "o.png", tmp_path / "k.json"
+    code = module.main(["--image", str(TEST_JPG), "--weights", str(tmp_path / "w8.pth"), "--size", "64",
+                        "--out", str(out), "--json", str(js)])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"error: {js}: cannot write it (No space left on device)"]
+    assert len([line for line in captured.out.splitlines() if " score " in line]) == 17   # printed before
+    assert out.is_file() and not js.exists()

@@ -38,6 +38,19 @@ def _is_state_dict(obj) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
+def _contents(checkpoint, shown: int = 10) -> str:
+    """What a checkpoint holds, in a few words: a raw state_dict has a key per tensor, none worth listing."""
+    if _is_state_dict(checkpoint):
+        return "the file holds the model weights alone, a state_dict: leave out the key"
+    if not isinstance(checkpoint, Mapping):
+        return f"it holds a {type(checkpoint).__name__}, not a dict"
+    keys = [str(k) for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
+    if not keys:
+        return "it is empty"
+    more = f", ... and {len(keys) - shown} more" if len(keys) > shown else ""
+    return "it has: " + ", ".join(keys[:shown]) + more
+
+
 def extract_state_dict(checkpoint, key: str = "", path: str = "<checkpoint>") -> tuple[dict, str]:
     """The model weights inside ``checkpoint`` and the key they were found under.
 
@@ -46,8 +59,7 @@ def extract_state_dict(checkpoint, key: str = "", path: str = "<checkpoint>") ->
     """
     if key:
         if not isinstance(checkpoint, Mapping) or key not in checkpoint:
-            keys = ", ".join(map(str, checkpoint)) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-            raise CheckpointError(f"{path}: no key '{key}' in the checkpoint (it has: {keys})")
+            raise CheckpointError(f"{path}: no key '{key}' in the checkpoint ({_contents(checkpoint)})")
         found, where = checkpoint[key], key
     else:
         found, where = None, ""

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
+
+from freenet.fileio import write_atomic
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]  # RGB
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -78,6 +81,12 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], ti
     return img
 
 
-def save_rgb(path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
+def save_rgb(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an RGB picture, encoded by the extension of ``path`` (.png, .jpg, ...), atomically (a failed
+    write leaves no half file). Raises ``cv2.error`` for an extension OpenCV has no writer for
+    (``cv2.haveImageWriter`` checks that beforehand) and ``OSError`` when the file cannot be written."""
+    extension = os.path.splitext(os.fspath(path))[1]
+    ok, data = cv2.imencode(extension, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"{path}: OpenCV could not encode the picture as {extension}")
+    write_atomic(path, lambda f: f.write(data.tobytes()), mode="wb")
