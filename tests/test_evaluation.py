@@ -727,6 +727,28 @@ def test_eval_cli_wrong_checkpoint_is_a_one_line_error(tmp_path):
 
 
 @needs_data
+def test_eval_of_a_checkpoint_trained_at_another_size_says_how_to_score_it_as_trained(tmp_path, caplog):
+    """A training checkpoint records its crop size; scoring a 64-px model on the yaml's 256-px crops
+    gives numbers near 0, so evaluation warns and names the overrides (the evaluation still runs)."""
+    yaml, sample = REPO / "experiments/ap10k/w32_256x256_ap10k.yaml", MMPOSE / "ap10k"
+    weights = torch.load(_saved_model(tmp_path / "w8.pth", key=""))
+    trained = load_config(yaml, ["MODEL.WIDTH", "8", "MODEL.IMAGE_SIZE", "[64,64]", "MODEL.HEATMAP_SIZE", "[16,16]"])
+    torch.save({"student_model": weights, "config": trained.dump()}, tmp_path / "checkpoint.pth")
+    common = ["--cfg", str(yaml), "DATASET.VAL_ANN_FILE", str(sample / "test_ap10k.json"), "DATASET.VAL_IMAGE_DIR",
+              str(sample), "MODEL.WIDTH", "8", "TEST.MODEL_FILE", str(tmp_path / "checkpoint.pth"), "--workers", "0"]
+    main = _eval_cli()
+    assert main(common + ["OUTPUT_DIR", str(tmp_path / "a")]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [f"{tmp_path / 'checkpoint.pth'} was trained on 64-px crops but is evaluated on 256-px ones "
+                      "(MODEL.IMAGE_SIZE); to score it as trained, add MODEL.IMAGE_SIZE [64,64] MODEL.HEATMAP_SIZE "
+                      "[16,16]"]
+    caplog.clear()
+    assert main(common + ["OUTPUT_DIR", str(tmp_path / "b"), "MODEL.IMAGE_SIZE", "[64,64]",
+                          "MODEL.HEATMAP_SIZE", "[16,16]"]) == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@needs_data
 def test_eval_cli_width_mismatch_and_missing_model_are_one_line_errors(tmp_path, capsys):
     weights = _saved_model(tmp_path / "w8.pth")
     sample = MMPOSE / "ap10k"

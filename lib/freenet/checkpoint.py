@@ -74,13 +74,14 @@ def extract_state_dict(checkpoint, key: str = "", path: str = "<checkpoint>") ->
     return {k.removeprefix("module."): v for k, v in found.items()}, where
 
 
-def load_model_weights(model: nn.Module, path: str | os.PathLike, key: str = "") -> str:
-    """Strictly load weights from ``path`` into ``model``; returns the key used.
+def load_model_weights(model: nn.Module, path: str | os.PathLike, key: str = "", checkpoint=None) -> str:
+    """Strictly load weights from ``path`` (or from ``checkpoint``, that file already read) into
+    ``model``; returns the key used.
 
     A joint-count or layout mismatch becomes a one-line :class:`CheckpointError` instead of a
     wall of missing/unexpected keys.
     """
-    state, where = extract_state_dict(load_checkpoint(path), key, str(path))
+    state, where = extract_state_dict(load_checkpoint(path) if checkpoint is None else checkpoint, key, str(path))
     check_compatible(model, state, str(path))
     model.load_state_dict(state)
     return where

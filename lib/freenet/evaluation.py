@@ -747,8 +747,9 @@ def evaluate_from_config(cfg, protocol: str | None = None, results_file: str = "
 
     Writes ``metrics.json`` (and, for a model, ``results.json``) under OUTPUT_DIR.
     """
-    from freenet.checkpoint import load_model_weights
+    from freenet.checkpoint import load_checkpoint, load_model_weights
     from freenet.device import resolve_device
+    from freenet.inference import trained_input_size
 
     joint_set = configured_joint_set(cfg)
     protocol = protocol or cfg.TEST.PROTOCOL
@@ -769,7 +770,13 @@ def evaluate_from_config(cfg, protocol: str | None = None, results_file: str = "
     except RuntimeError as e:  # e.g. DEVICE cuda on a machine without CUDA
         raise EvaluationError(str(e)) from None
     model = PoseHighResolutionNet(num_joints=joint_set.num_joints, width=cfg.MODEL.WIDTH)
-    where = load_model_weights(model, cfg.TEST.MODEL_FILE, cfg.TEST.MODEL_KEY)
+    checkpoint = load_checkpoint(cfg.TEST.MODEL_FILE)
+    where = load_model_weights(model, cfg.TEST.MODEL_FILE, cfg.TEST.MODEL_KEY, checkpoint)
+    trained, size = trained_input_size(checkpoint), int(cfg.MODEL.IMAGE_SIZE[0])
+    if trained is not None and trained != size:   # a 64-px model scored on 256-px crops scores about 0
+        log.warning("%s was trained on %d-px crops but is evaluated on %d-px ones (MODEL.IMAGE_SIZE); to score it "
+                    "as trained, add MODEL.IMAGE_SIZE [%d,%d] MODEL.HEATMAP_SIZE [%d,%d]", cfg.TEST.MODEL_FILE,
+                    trained, size, trained, trained, trained // 4, trained // 4)
     evaluator = Evaluator.from_config(cfg, joint_set, protocol)
     model = model.to(device, memory_format=torch.channels_last)
     metrics = evaluator(model, device, output_dir=cfg.OUTPUT_DIR, progress=progress)
