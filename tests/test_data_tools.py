@@ -433,7 +433,8 @@ def test_split_of_a_file_in_another_joint_order_is_in_the_order_training_reads(t
     ann = SHARED / "mmpose_samples" / "animalpose" / "test_animalpose.json"
     with pytest.raises(SystemExit, match=r"joint set animalpose in another order.*--joints animalpose"):
         split(tmp_path, ann, "--family", "front=L_F_Elbow,R_F_Elbow", "--shared", "0")
-    out, _ = split(tmp_path, ann, "--joints", "animalpose", "--family", "front=L_F_Elbow,R_F_Elbow", "--shared", "L_Eye")
+    out, _ = split(tmp_path, ann, "--joints", "animalpose", "--family", "front=L_F_Elbow,R_F_Elbow",
+                   "--shared", "L_Eye")
     js = load_joint_set("animalpose")
     records, _ = apply_split(load_coco_records(ann, "", js, check_images=False), load_split_file(out, 20))
     # annotation 129 labels both front elbows (FreeNet's L_F_hip, R_F_hip) and the left eye

@@ -190,7 +190,8 @@ def require_id(ann_file, obj, key, what, record_id=None) -> int:
 def _infer_num_joints(ann_file, annotations, categories) -> int:
     """J from the most common keypoint count of the annotations (so that one bad annotation is the
     one reported, not the good ones), else from the first category's names."""
-    labeled = [a for a in annotations if isinstance(a, dict) and isinstance(a.get("keypoints"), list) and a["keypoints"]]
+    labeled = [a for a in annotations
+               if isinstance(a, dict) and isinstance(a.get("keypoints"), list) and a["keypoints"]]
     lengths = Counter(len(a["keypoints"]) for a in labeled)
     whole = [n for n, _ in lengths.most_common() if n % 3 == 0]      # ties: the first annotation's count
     if whole:
