@@ -286,8 +286,9 @@ def parse_joint_list(text: str, joint_names: Sequence[str] | None = None,
 
     Names are those of the joint set (``joint_names``), compared case-insensitively with spaces,
     '-' and '.' read as '_', or other datasets' names for them (the alias table: ``L_F_Elbow``
-    of MMPose's AnimalPose is ``L_F_hip``). Indices are checked against ``num_joints`` (default: the number of
-    names). Repeats are dropped. Raises ``ValueError`` naming the item that does not resolve.
+    of MMPose's AnimalPose is ``L_F_hip``). Indices are checked against ``num_joints`` (default:
+    the number of names). Repeats are dropped. Raises ``ValueError`` naming the item that does not
+    resolve.
     """
     num_joints = len(joint_names) if num_joints is None and joint_names is not None else num_joints
     by_name = {normalize_name(n): j for j, n in enumerate(joint_names or ())}
@@ -416,6 +417,7 @@ def collision_offsets(pools: Sequence[Sequence[Record]]) -> list[tuple[int, int]
 
     if disjoint(image_sets) and disjoint(ann_sets):
         return None
+
     def past(top, ids):     # the offset that puts every id of a later pool above ``top``
         return top + max(0, 1 - min(ids, default=1))
 
