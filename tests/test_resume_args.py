@@ -82,6 +82,23 @@ def test_supervised_resume_keeps_the_epochs_but_not_the_stop(tmp_path):
     assert args.stop_epoch is None and args.workers == 0        # a resumed run goes to the end unless told
 
 
+def test_output_folders_and_files_with_a_file_in_the_way_are_refused_by_flag(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    for folder in ("afile", "afile/sub"):
+        with pytest.raises(SystemExit):
+            supervised_parser().parse_args(["--output-dir", str(tmp_path / folder)])
+        assert f"argument --output-dir: {tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        supervised_parser().parse_args(["--save-as", str(tmp_path)])       # a folder, not a file name
+    assert f"argument --save-as: {tmp_path} is a folder: give a file name in it" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        supervised_parser().parse_args(["--save-as", str(tmp_path / "afile" / "w.pth")])
+    assert f"argument --save-as: {tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    args = supervised_parser().parse_args(["--output-dir", str(tmp_path / "new" / "runs"),
+                                           "--save-as", str(tmp_path / "new" / "w.pth")])
+    assert args.output_dir == str(tmp_path / "new" / "runs") and args.save_as == str(tmp_path / "new" / "w.pth")
+
+
 def test_a_corrupt_args_json_names_the_file(tmp_path):
     parser = supervised_parser()
     (tmp_path / "args.json").write_text("{not json")

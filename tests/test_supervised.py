@@ -79,6 +79,9 @@ def test_student_init_is_non_strict_but_refuses_shape_mismatches(tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger="freenet"):
         load_student_init(student, tmp_path / "absent.pth")
     assert "absent.pth not found" in caplog.text
+    # a file the user named (--student-weights) must exist: a typo would train from random weights
+    with pytest.raises(CheckpointError, match="absent.pth: --student-weights not found"):
+        load_student_init(student, tmp_path / "absent.pth", required=True)
 
 
 def test_wrong_teacher_file_is_a_one_line_error(synthetic_root, tmp_path, capsys):

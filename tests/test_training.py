@@ -212,6 +212,17 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root, t
               for d in (straight, halves)]
     assert len(logged[0]) == 2 and logged[0] == logged[1]       # the same training losses logged
 
+    # A finished run has nothing left to train; a longer --total-steps goes on, and the next bare
+    # --resume (the command the run prints) reads it: args.json holds the last command's flags.
+    assert run("train_split_ap10k", ["--resume", str(first), "--workers", "0"]) == 1
+    assert "nothing to train: the run has done 6 steps and ends at step 6 (--total-steps 6)" in capsys.readouterr().err
+    assert run("train_split_ap10k", ["--resume", str(first), "--workers", "0", "--total-steps", "8",
+                                     "--stop-step", "7"]) == 0
+    assert torch.load(first, weights_only=False)["step"] == 6
+    assert json.loads((first.parent / "args.json").read_text())["total_steps"] == 8
+    assert run("train_split_ap10k", ["--resume", str(first), "--workers", "0"]) == 0
+    assert torch.load(first, weights_only=False)["step"] == 7
+
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_corrupted_image_stops_the_run_naming_the_file(synthetic_root, tmp_path, workers):

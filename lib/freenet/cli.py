@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,25 @@ def at_least(low: int) -> Callable[[str], int]:
 POSITIVE, NON_NEGATIVE = at_least(1), at_least(0)
 
 
+def folder_path(text: str) -> str:
+    """argparse type of a folder to be made (``--output-dir``): refused at once where a file stands in
+    its way, instead of a traceback after the data has loaded."""
+    for path in (Path(text), *Path(text).parents):
+        if path.exists():
+            if not path.is_dir():
+                raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
+            break
+    return text
+
+
+def file_path(text: str) -> str:
+    """argparse type of a file to be written (``--save-as``): a file name whose folder can be made."""
+    if text.endswith(("/", os.sep)) or Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: give a file name in it")
+    folder_path(str(Path(text).parent))
+    return text
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` shows each flag's default, except where there is none (None, or a switch that is off)."""
 
@@ -58,7 +78,7 @@ def add_run_args(p: argparse.ArgumentParser, cfg: str, *, needs_level=False, has
     a("--cfg", default=cfg, help="experiment yaml (data, joint set, model, evaluation)")
     a("--name", default="ours", help="run name: the run directory is <output-dir>/<name>_<date_time>")
     a("--data-root", default=None, help="data root (layout: README, Data); default: DATASET.ROOT of the yaml")
-    a("--output-dir", default="./experiment", help="parent folder of the run directories")
+    a("--output-dir", type=folder_path, default="./experiment", help="parent folder of the run directories")
     a("--resume", default=None, help="RUN/checkpoint.pth: continue that run with its own flags and config "
                                       "(RUN/args.json, RUN/config.yaml); flags given again win")
     a("--workers", type=NON_NEGATIVE, default=None,

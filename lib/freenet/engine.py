@@ -93,11 +93,16 @@ class RunDir:
                 except FileExistsError:
                     suffix += 1
                     run.path = path.with_name(f"{path.name}_{suffix}")
-            # Atomic: a --resume reads config.yaml and args.json back.
-            write_text_atomic(run.path / "config.yaml", config_text)
-            write_text_atomic(run.path / "args.json", json.dumps(args, indent=2, default=str) + "\n")
             write_text_atomic(run.path / "git_commit.txt", git_commit() + "\n")
+        run.write_settings(config_text, args)
         return run
+
+    def write_settings(self, config_text: str, args: dict) -> None:
+        """``config.yaml`` and ``args.json``, which a --resume reads back (atomic). A resume writes them
+        again, so a flag it changed (a longer --total-steps) is what the next --resume reads."""
+        if distributed.is_main():
+            write_text_atomic(self.path / "config.yaml", config_text)
+            write_text_atomic(self.path / "args.json", json.dumps(args, indent=2, default=str) + "\n")
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name

@@ -19,7 +19,9 @@ from tqdm import tqdm
 
 from freenet import distributed
 from freenet.checkpoint import CheckpointError, atomic_save, check_compatible, load_checkpoint
-from freenet.cli import POSITIVE, HelpFormatter, add_run_args, parse_run_args, run_main, setup_run
+from freenet.cli import (POSITIVE, HelpFormatter, add_run_args, file_path, parse_run_args, run_main,
+                         setup_run)
+from freenet.config import ConfigError
 from freenet.data.dataset import KeypointDataset, stream_loader
 from freenet.data.settings import build_training_sets
 from freenet.data.transforms import TwoViewTransform, normalize_images
@@ -53,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="save and stop after this many epochs, the --epochs schedule unchanged (job time limits); "
            "--resume continues")
     a("--imagenet", default=None, help="ImageNet HRNet-W32 classification weights for the backbone (optional)")
-    a("--save-as", default=None, help="also copy the best weights here, e.g. pretrained_weights/pretrained_25_5.pth")
+    a("--save-as", type=file_path, default=None,
+      help="also copy the best weights here, e.g. pretrained_weights/pretrained_25_5.pth")
     a("--level", type=int, default=None, choices=(0, 1), help="split level (the split setting's yaml)")
     a("--sample-ratio", type=float, default=None, help="labeled fraction (mixed settings); default: the yaml's")
     add_run_args(p, "experiments/ap10k/freenet_split.yaml", has_split_file=True)
@@ -112,7 +115,11 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
             net.scaler.load_state_dict(ckpt["scaler"])
         iteration = ckpt.get("iteration", (ckpt["epoch"] + 1) * iters_per_epoch)
         partial_loss, best_ap = ckpt.get("partial_loss", 0.0), ckpt["best_ap"]
+        if iteration >= epochs * iters_per_epoch:
+            raise ConfigError(f"{args.resume}: nothing to train: the run has done all {epochs} epochs of --epochs "
+                              f"{epochs}; give a larger --epochs to train on")
         run = RunDir(Path(args.resume).parent)
+        run.write_settings(cfg.dump(), vars(args))       # the next --resume reads this command's flags
     else:
         run = RunDir.create(args.output_dir, args.name, cfg.dump(), vars(args))
     log.info("run directory %s", run.path)

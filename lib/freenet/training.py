@@ -70,6 +70,9 @@ SCRIPTS = {
 }
 
 # Base networks the authors released, by the default file name they stand in for (README: released weights).
+# The ImageNet HRNet-W32 the student starts from (README: training); without it, random weights.
+STUDENT_INIT = "pretrained_ori.pth"
+
 RELEASED_BASE_NETWORKS = {
     "pretrained_25_5.pth": "25_5_imgs_SL_hrnet_pretrained.pth (renamed pretrained_25_5.pth)",
     "ap_10k_animal_pose_mix_SL_0.1_hrnet.pth": "ap_10k_animal_pose_mix_SL_0.1_hrnet.pth",
@@ -116,16 +119,21 @@ def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
     a("--pretrained-model-path", default="./pretrained_weights", help="folder of the initial weights")
     a("--pretrained-weights-name", default=d.pretrained_weights_name,
       help="teacher (base network) weights in that folder; '' = random init (not the method)")
-    a("--student-weights", default="pretrained_ori.pth",
-      help="adaptation-network init in that folder (non-strict); absent = random init")
+    a("--student-weights", default=STUDENT_INIT,
+      help=f"adaptation-network init in that folder (non-strict); the default {STUDENT_INIT} absent = random init")
     add_run_args(p, d.cfg, needs_level=d.needs_level, has_split_file=d.has_split_file, sample_ratio=d.sample_ratio)
     return p
 
 
-def load_student_init(model: torch.nn.Module, path: Path) -> None:
+def load_student_init(model: torch.nn.Module, path: Path, required: bool = False) -> None:
     """Non-strict init of the adaptation network (SPEC §10): missing/unexpected keys are reported,
-    shape mismatches refused except the final layer (another joint count)."""
+    shape mismatches refused except the final layer (another joint count). Without the default
+    ImageNet file it starts from random weights; a ``required`` one (named by ``--student-weights``)
+    must exist."""
     if not path.is_file():
+        if required:
+            raise CheckpointError(f"{path}: --student-weights not found (leave the flag out to start from "
+                                  f"{STUDENT_INIT} if present, else from random weights)")
         log.warning("student init %s not found: the adaptation network starts from random weights", path)
         return
     state, _ = extract_state_dict(load_checkpoint(path), "", str(path))
@@ -208,7 +216,7 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
             log.info("teacher (base network) from %s [%s]", weights_dir / teacher_name, where)
         else:
             log.warning("no --pretrained-weights-name: the base network starts from random weights")
-        load_student_init(student_net, weights_dir / args.student_weights)
+        load_student_init(student_net, weights_dir / args.student_weights, args.student_weights != STUDENT_INIT)
     if args.sync_bn and distributed.is_enabled():
         teacher_net, student_net = (to_sync_batchnorm(n) for n in (teacher_net, student_net))
     for net in (teacher_net, student_net):
@@ -232,9 +240,17 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
     if args.cuda_graphs:
         step_fn = GraphedStep(step_fn)
 
+    loop = LoopConfig(args.total_steps, args.eval_step, [tuple(x) for x in cfg.FREENET.EVAL_SCHEDULE],
+                      stop_step=args.stop_step)
     if args.resume:
         run_dir = RunDir(Path(args.resume).parent)
         state = restore(args.resume, teacher, student)
+        if state.step + 1 >= loop.end():
+            raise ConfigError(f"{args.resume}: nothing to train: the run has done {state.step + 1} steps and "
+                              f"ends at step {loop.end()} (--total-steps {args.total_steps}"
+                              + (f", --stop-step {args.stop_step}" if args.stop_step else "")
+                              + "); give a larger --total-steps to train on")
+        run_dir.write_settings(cfg.dump(), vars(args))   # the next --resume reads this command's flags
         log.info("resumed %s at step %d", args.resume, state.step + 1)
     else:
         run_dir = RunDir.create(args.output_dir, args.name, cfg.dump(), vars(args))
@@ -257,8 +273,6 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
             args.batch_size * args.mu, state.step + 1, unlabeled_workers, pin, rank, world))
     else:  # labeled-only ablation: no unlabeled stream at all
         unlabeled = itertools.repeat(None)
-    loop = LoopConfig(args.total_steps, args.eval_step, [tuple(x) for x in cfg.FREENET.EVAL_SCHEDULE],
-                      stop_step=args.stop_step)
     extra = {"joint_set": joint_set.name, "num_joints": joint_set.num_joints, "width": cfg.MODEL.WIDTH,
              "config": cfg.dump()}
     state = train_loop(step_fn, teacher, student, iter(labeled), unlabeled, evaluate, loop, state, run_dir, extra)
