@@ -69,10 +69,10 @@ SCRIPTS = {
         description="FreeNet on AP-10K + AnimalPose + TigDog (24 union joints), a random --sample-ratio labeled."),
 }
 
-# Base networks the authors released, by the default file name they stand in for (README: released weights).
 # The ImageNet HRNet-W32 the student starts from (README: training); without it, random weights.
 STUDENT_INIT = "pretrained_ori.pth"
 
+# Base networks the authors released, by the default file name they stand in for (README: released weights).
 RELEASED_BASE_NETWORKS = {
     "pretrained_25_5.pth": "25_5_imgs_SL_hrnet_pretrained.pth (renamed pretrained_25_5.pth)",
     "ap_10k_animal_pose_mix_SL_0.1_hrnet.pth": "ap_10k_animal_pose_mix_SL_0.1_hrnet.pth",
@@ -249,7 +249,7 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
             raise ConfigError(f"{args.resume}: nothing to train: the run has done {state.step + 1} steps and "
                               f"ends at step {loop.end()} (--total-steps {args.total_steps}"
                               + (f", --stop-step {args.stop_step}" if args.stop_step else "")
-                              + "); give a larger --total-steps to train on")
+                              + "); give a larger --total-steps (or --stop-step) to train on")
         run_dir.write_settings(cfg.dump(), vars(args))   # the next --resume reads this command's flags
         log.info("resumed %s at step %d", args.resume, state.step + 1)
     else:
