@@ -76,17 +76,19 @@ def load_records(ann: str, joint_set=None):
 
 
 def refuse_ambiguous_order(ann: str, data: dict, num_joints: int) -> None:
-    """Without ``--joints`` the split's joints are in the file's order. Training reads a file whose
-    categories list a joint set's joints in another order in the set's order (MMPose's AnimalPose
-    file read as ``animalpose``), which would hide other joints than the split means: such a file
-    needs ``--joints`` to say which order the split is in."""
-    others = [name for name in available_joint_sets() if load_joint_set(name).num_joints == num_joints
-              and file_joint_order(ann, data, load_joint_set(name))[0] is not None]
-    if others:
-        raise ValueError(f"{ann}: its categories list the joints of joint set {' and '.join(others)} in another "
-                         f"order, and training reads such a file in the joint set's order: give --joints with the "
-                         f"joint set your training reads it with (e.g. --joints {others[0]}); the split is then "
-                         "written in that order")
+    """Without ``--joints`` the split's joints are in the file's order, but training reads a file in
+    its joint set's order: a file whose categories name a bundled set's joints in another order (an
+    AnimalPose file, which ``animalpose`` and ``animalpose_mmpose`` order differently) is read in
+    either order, depending on the set the training config names. Such a file needs ``--joints``."""
+    orders = {name: file_joint_order(ann, data, load_joint_set(name)) for name in available_joint_sets()
+              if load_joint_set(name).num_joints == num_joints}
+    other = [name for name, (source, _) in orders.items() if source is not None]
+    same = [name for name, order in orders.items() if order == (None, "")]
+    if other:
+        raise ValueError(f"{ann}: its categories name the joints of joint set {' and '.join(other)} in another "
+                         "order" + (f" (and of {' and '.join(same)} in this one)" if same else "") + ", and "
+                         "training reads a file in its joint set's order: give --joints with the joint set your "
+                         "training uses (its DATASET.JOINTS); the split is written in that set's order")
 
 
 def missing_joints(args) -> dict:
