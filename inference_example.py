@@ -14,7 +14,7 @@ import sys
 import cv2
 
 from freenet.checkpoint import load_checkpoint
-from freenet.cli import USER_ERRORS
+from freenet.cli import USER_ERRORS, file_path
 from freenet.data.dataset import read_image
 from freenet.errors import DataError
 from freenet.device import resolve_device
@@ -35,18 +35,17 @@ def crop_size(text: str) -> int:
 
 
 def prepare_outputs(picture: str, data: str | None) -> None:
-    """Refuse an --out OpenCV cannot encode and create the output folders, before any work is done."""
+    """Refuse, before any work, an --out OpenCV cannot encode and an output path no file can be
+    written at (a folder, or a file where its folder would be); the files' folders are made when
+    they are written."""
     if not cv2.haveImageWriter(picture):
         raise DataError(picture, "--out needs an image extension OpenCV can write (e.g. .png, .jpg)")
     for flag, path in (("--out", picture), ("--json", data)):
-        if path and (os.path.isdir(path) or path.endswith(("/", os.sep))):
-            raise DataError(path, f"{flag} is a folder; give a file name")
-        if path and os.path.dirname(path):
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-            except OSError as e:  # FileExistsError, NotADirectoryError: a file where a folder should be
-                why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
-                raise DataError(path, f"cannot create the {flag} folder ({why or e})") from None
+        try:
+            if path:
+                file_path(path)
+        except argparse.ArgumentTypeError as e:
+            raise DataError(path, f"{flag}: {e}") from None
 
 
 def main(argv=None) -> int:
