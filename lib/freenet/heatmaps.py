@@ -22,8 +22,8 @@ def encode_keypoints(keypoints: np.ndarray, visibility: np.ndarray, heatmap_size
     (6σ+1)² window of exp(-d²/2σ²) (peak 1, unnormalised) centred on the integer cell
     ``int(x / stride + 0.5)``; the part of the window inside the map is pasted. A joint whose
     window lies entirely outside the map is marked not valid, on all four sides (the far corner
-    counts as inside the window; the original's exclusive corner kept cell -7 valid, README
-    "differences" 11).
+    counts as inside the window, as in the original's FreeNet targets; its HRNet target code, with
+    an exclusive corner, kept cell -7 valid: README "differences" 9).
     Returns heatmaps (J, H, W) float32 and valid (J,) float32 of 0/1.
     """
     width, height = heatmap_size
