@@ -272,11 +272,16 @@ def test_keypoint_count_mismatch(ap10k_sample):
         load_coco_records(root / "test_ap10k.json", root, load_joint_set("animalpose"))
 
 
-def test_missing_keypoints_field_names_the_field(ap10k_sample):
+def test_annotation_without_keypoints_field_is_dropped(ap10k_sample, caplog):
+    """A box-only annotation has no labeled joint: dropped and counted, as a null or empty list is
+    (SPEC §3.2; the original loader did the same)."""
     root, data = ap10k_sample
+    every = [r.ann_id for r in load_coco_records(_write(root / "all.json", data), root, load_joint_set("ap10k"))]
     del data["annotations"][1]["keypoints"]  # annotation 6
-    with pytest.raises(DataError, match=r"nokps.json \(id 6\): annotation has no 'keypoints' field"):
-        load_coco_records(_write(root / "nokps.json", data), root, load_joint_set("ap10k"))
+    with caplog.at_level("INFO", logger="freenet.data.coco"):
+        records = load_coco_records(_write(root / "nokps.json", data), root, load_joint_set("ap10k"))
+    assert 6 in every and [r.ann_id for r in records] == [i for i in every if i != 6]
+    assert "1 without keypoints" in caplog.text
 
 
 def test_unknown_image_id(ap10k_sample):

@@ -114,11 +114,6 @@ def keypoint_count(d):
     return "keypoint_count", "ann_id", d["annotations"][5]["id"]
 
 
-def keypoints_missing(d):
-    del d["annotations"][3]["keypoints"]
-    return "keypoints_missing", "ann_id", d["annotations"][3]["id"]
-
-
 def visibility_3(d):
     ann = d["annotations"][7]
     ann["keypoints"][3 * labeled_joint(ann) + 2] = 3
@@ -148,7 +143,7 @@ def labeled_at_origin(d):
 
 
 @needs_data
-@pytest.mark.parametrize("plant", [dup_ann_id, dup_image_id, keypoint_count, keypoints_missing, visibility_3,
+@pytest.mark.parametrize("plant", [dup_ann_id, dup_image_id, keypoint_count, visibility_3,
                                    negative_width, unknown_image, unknown_category, labeled_at_origin])
 def test_checker_names_each_planted_defect(plant, animalpose_val, tmp_path, capsys):
     data = copy.deepcopy(animalpose_val)
@@ -280,15 +275,16 @@ def test_checker_survives_hostile_entries(tmp_path):
 
 
 def test_checker_reads_ids_and_null_keypoints_as_training_does(tmp_path):
-    """Training refuses ids that are not integers and drops an instance whose keypoints are null:
-    errors for the first, a note for the second."""
+    """Training refuses ids that are not integers and drops an instance whose keypoints are null or
+    missing: errors for the first, a note for the others."""
     box = [0, 0, 5, 5]
     data = {"images": [{"id": "img_a", "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg", "width": 9, "height": 9}],
             "annotations": [{"id": "a1", "image_id": 1, "category_id": 1, "bbox": box, "keypoints": [1, 1, 2]},
                             {"id": 2, "image_id": "1", "category_id": 1, "bbox": box, "keypoints": [1, 1, 2]},
                             {"id": 3, "image_id": 1, "category_id": "cat", "bbox": box, "keypoints": [1, 1, 2]},
                             {"id": 4, "image_id": 1, "category_id": 1, "bbox": box, "keypoints": None},
-                            {"id": 5, "image_id": 1, "category_id": 1, "bbox": box, "keypoints": [1, 1, 2]}],
+                            {"id": 5, "image_id": 1, "category_id": 1, "bbox": box, "keypoints": [1, 1, 2]},
+                            {"id": 6, "image_id": 1, "category_id": 1, "bbox": box}],
             "categories": [{"id": 1, "name": "x", "keypoints": ["a"]}]}
     report = check_coco_file(write_json(tmp_path / "ids.json", data), check_images=False)
     assert report.kinds("error") == Counter({"bad_image_entry": 1, "bad_annotation_entry": 1, "unknown_image": 1,
@@ -297,7 +293,7 @@ def test_checker_reads_ids_and_null_keypoints_as_training_does(tmp_path):
     assert messages["unknown_image"] == "'image_id' must be an integer, got '1'"
     assert messages["unknown_category"] == "'category_id' must be an integer, got 'cat'"
     assert [(i.ann_id, i.message) for i in report.at("info") if i.kind == "instance_not_kept"] == [
-        (4, "'keypoints' is null")]
+        (4, "'keypoints' is null"), (6, "no 'keypoints'")]
 
 
 def test_file_complete_walks_past_an_embedded_thumbnail():

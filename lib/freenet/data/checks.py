@@ -58,7 +58,6 @@ KINDS: dict[str, tuple[str, str]] = {
     "duplicate_annotation_id": (ERROR, "two annotations share an id"),
     "unknown_image": (ERROR, "annotation points at an image id not in 'images'"),
     "unknown_category": (ERROR, "annotation has no category id or one not in 'categories'"),
-    "keypoints_missing": (ERROR, "annotation has no 'keypoints' field (unlabeled joints are 0, 0, 0)"),
     "keypoint_values": (ERROR, "'keypoints' is not a list of numbers"),
     "keypoint_count": (ERROR, "'keypoints' length is not 3 x the joint count"),
     "visibility_value": (ERROR, "a visibility value outside {0, 1, 2}"),
@@ -452,13 +451,11 @@ def _check_annotations(path, data, images: dict, categories: dict | None, joint_
             add(Issue("unknown_category", path, f"category id {cat_id!r} is not in 'categories'", img_id, ann_id,
                       "category_id"))
 
-        kps = ann.get("keypoints", [])
+        kps = ann.get("keypoints")
         expected = per_category_joints.get(cat_id, default_joints)
-        if "keypoints" not in ann:
-            add(Issue("keypoints_missing", path, "no 'keypoints'", img_id, ann_id, "keypoints"))
-            kps = None
-        elif kps is None:           # read as no labeled joint when the file loads
-            add(Issue("instance_not_kept", path, "'keypoints' is null", img_id, ann_id, "keypoints"))
+        if kps is None:             # no field or null: read as no labeled joint when the file loads
+            add(Issue("instance_not_kept", path, "no 'keypoints'" if "keypoints" not in ann else "'keypoints' is null",
+                      img_id, ann_id, "keypoints"))
         elif not isinstance(kps, list) or not all(_is_number(v) for v in kps):
             add(Issue("keypoint_values", path, f"expected a list of numbers, got {kps!r:.60}", img_id, ann_id,
                       "keypoints"))

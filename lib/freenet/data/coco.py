@@ -271,7 +271,7 @@ def load_coco_records(ann_file: str | os.PathLike, image_root: str | os.PathLike
             require_id(ann_file, ann, "category_id", "annotation", ann_id)
         if img_id not in images_by_id:
             raise DataError(ann_file, f"annotation points at unknown image id {img_id}", ann_id)
-        kps = _require(ann_file, ann, "keypoints", "annotation", ann_id) or []  # unlabeled joints are 0, 0, 0
+        kps = ann.get("keypoints") or []  # no field, null or []: no labeled joint, dropped below as the original did
         if not isinstance(kps, list):
             raise DataError(ann_file, f"'keypoints' must be a list of numbers, got {type(kps).__name__}", ann_id)
         if kps and len(kps) != 3 * num_joints:
