@@ -500,3 +500,28 @@ def test_a_setting_without_labeled_records_says_how_the_lists_came_about(synthet
     with pytest.raises(ConfigError, match=r"no labeled training records \(DATASET.LABELED ratio\): train records "
                                           r"per source: ap10k-train-split1 17; random 0.01 of the pool labeled"):
         build_training_sets(cfg.DATASET, load_joint_set("ap10k"), 2)
+
+
+def test_a_source_is_read_in_the_configured_joint_set(synthetic_root):
+    """The AnimalPose files read as ``animalpose_mmpose`` come out in that set's order, matched by
+    joint name (SPEC §2.2), and a union file of the layout can be its own union's source (§3.1)."""
+    def labeled(joints, sources, num_joints):
+        cfg = load_config(None, ["DATASET.ROOT", str(synthetic_root), "DATASET.JOINTS", joints, "DATASET.SOURCES",
+                                 str(sources), "DATASET.LABELED", "all", "MODEL.NUM_JOINTS", str(num_joints)])
+        return build_training_sets(cfg.DATASET, configured_joint_set(cfg), 2).labeled
+
+    freenet_order, mmpose_order = labeled("animalpose", ["animalpose"], 20), labeled("animalpose_mmpose",
+                                                                                      ["animalpose"], 20)
+    # MMPose slot -> FreeNet slot: L_Eye, R_Eye, L_EarBase, R_EarBase, Nose, Throat, TailBase, Withers, ...
+    slots = [0, 1, 3, 4, 2, 17, 19, 18, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+    assert len(mmpose_order) == len(freenet_order) == 17
+    for mm, fn in zip(mmpose_order, freenet_order):
+        np.testing.assert_array_equal(mm.keypoints, fn.keypoints[slots])
+        np.testing.assert_array_equal(mm.visibility, fn.visibility[slots])
+
+    union_file = labeled("union21", ["ap10k_animalpose"], 21)
+    mapped = labeled("union21", ["ap10k", "animalpose"], 21)
+    assert len(union_file) == len(mapped) > 0
+    with pytest.raises(DataError, match=r"tigdog_train.json: has 19 joints \('tigdog'\) but the joint set 'union21' "
+                                        r"has 21 and no map from 'tigdog'"):
+        labeled("union21", ["tigdog"], 21)

@@ -23,7 +23,7 @@ from freenet.data.records import Record
 from freenet.data.splits import apply_split, filter_by_image_ids, load_id_list, load_split_file, sample_by_ratio
 from freenet.config import ConfigError
 from freenet.errors import DataError
-from freenet.joints import JointSet
+from freenet.joints import JointSet, load_joint_set
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +54,24 @@ def resolve_data_file(path: str, data_root: str | os.PathLike, what: str) -> Pat
 
 def load_sources(layout: DataLayout, sources, split: str, joint_set: JointSet, check_images: bool = True
                  ) -> list[list[Record]]:
-    """One record list per source dataset, each converted to ``joint_set`` when it is a union."""
+    """One record list per source dataset in ``joint_set``'s order.
+
+    A source whose files are written in another set is mapped onto ``joint_set`` when that is a
+    union with a map from it (§2.4); otherwise the file is read in ``joint_set`` itself, its joints
+    matched by name (so the MMPose-order AnimalPose files and ``animalpose_mmpose`` agree, §2.2).
+    """
     pools = []
     for source in sources:
-        records = layout.load(source, split, check_images=check_images)
-        if source != joint_set.name and joint_set.sources:
-            records = to_union(records, joint_set, source)
-        elif records and records[0].num_joints != joint_set.num_joints:
+        file_set = layout.spec(source).joint_set
+        if file_set != joint_set.name and source in joint_set.sources:
+            pools.append(to_union(layout.load(source, split, check_images=check_images), joint_set, source))
+            continue
+        file_joints = load_joint_set(file_set).num_joints
+        if file_joints != joint_set.num_joints:
             raise DataError(layout.annotation_file(source, split),
-                            f"has {records[0].num_joints} joints but the joint set '{joint_set.name}' has "
+                            f"has {file_joints} joints ('{file_set}') but the joint set '{joint_set.name}' has "
                             f"{joint_set.num_joints} and no map from '{source}'")
-        pools.append(records)
+        pools.append(layout.load(source, split, joint_set, check_images=check_images))
     return pools
 
 
