@@ -196,6 +196,21 @@ def test_a_yaml_that_cannot_be_honoured_is_a_config_error_naming_the_file(tmp_pa
         load_config(None, ["MODEL", "3"])
 
 
+def test_text_keys_keep_text_that_reads_as_a_number():
+    """yacs evaluates overrides as Python literals; a path key keeps the text given (a data root named
+    2024, a split file named 1e5), by flag and by KEY VALUE, and other keys still take literals."""
+    from freenet.cli import config_from_args
+    from freenet.config import load_config
+
+    cfg = load_config(None, ["DATASET.ROOT", "2024", "DATASET.SPLIT_FILE", "1e5", "DEVICE", "'cpu'",
+                             "MODEL.WIDTH", "8", "DATASET.SOURCES", "['ap10k']"])
+    assert (cfg.DATASET.ROOT, cfg.DATASET.SPLIT_FILE, cfg.DEVICE) == ("2024", "1e5", "cpu")
+    assert cfg.MODEL.WIDTH == 8 and cfg.DATASET.SOURCES == ["ap10k"]
+    args = build_parser(SCRIPTS["train_ap10k_animalpose"]).parse_args(["--data-root", "2024", "--seed", "5"])
+    cfg = config_from_args(args)
+    assert cfg.DATASET.ROOT == "2024" and cfg.SEED == 5
+
+
 def test_cudnn_keys_reach_the_backend():
     from freenet.device import configure_backends
 

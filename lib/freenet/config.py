@@ -7,6 +7,7 @@ hyper-parameters are command-line flags (SPEC §10).
 """
 from __future__ import annotations
 
+import ast
 import os
 import re
 from pathlib import Path
@@ -161,6 +162,26 @@ def _yacs_message(error: Exception) -> str:
     return f"{key} must be of type {name}, got {value!r}"
 
 
+def _strings_stay_text(cfg: CN, opts: Sequence[str]) -> list:
+    """``opts`` with the value of every string key quoted where yacs would read it as another
+    literal: yacs evaluates each override as Python, so a folder named ``2024`` or ``1e5`` would
+    become a number and fail the key's type check."""
+    fixed = list(opts)
+    for k in range(0, len(fixed) - 1, 2):
+        node = cfg
+        for part in str(fixed[k]).split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        value = fixed[k + 1]
+        if isinstance(node, str) and isinstance(value, str):
+            try:
+                literal = ast.literal_eval(value)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                continue  # yacs keeps it as text
+            if not isinstance(literal, str):
+                fixed[k + 1] = repr(value)
+    return fixed
+
+
 def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
     """Defaults <- yaml <- ``KEY VALUE`` overrides, checked (:func:`check_config`), then frozen.
     A malformed yaml, an unknown key or a value of the wrong type raises :class:`ConfigError`
@@ -184,7 +205,7 @@ def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
         if len(opts) % 2:
             raise ConfigError(f"overrides must be KEY VALUE pairs, got {list(opts)}")
         try:
-            cfg.merge_from_list(list(opts))
+            cfg.merge_from_list(_strings_stay_text(cfg, opts))
         except (AssertionError, KeyError, ValueError) as e:
             raise ConfigError(f"command-line override: {_yacs_message(e)}") from e
         sources.append("the command-line overrides")
