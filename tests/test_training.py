@@ -247,6 +247,16 @@ def test_corrupted_image_stops_the_run_naming_the_file(synthetic_root, tmp_path,
     assert torch.load(ckpt_path, weights_only=False)["step"] == 1
 
 
+def test_a_feedback_ramp_that_ends_before_it_starts_is_refused(synthetic_root, tmp_path, capsys):
+    from freenet.training import run
+
+    args = tiny_args(synthetic_root, tmp_path, extra=["--feedback-steps-start", "5", "--feedback-steps-complete", "3"])
+    assert run("finetune", args) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "error: --feedback-steps-complete 3 is before --feedback-steps-start 5"
+    assert not any(tmp_path.iterdir()), "refused before a run directory is made"
+
+
 @pytest.mark.parametrize("override, named", [(["MODEL.EXTRA.WIDTH", "8"], "MODEL.EXTRA.WIDTH"),
                                               (["MODEL.WIDTH", "eight"], "MODEL.WIDTH"),
                                               (["MODEL.HEATMAP_SIZE", "[32,32]"], "MODEL.HEATMAP_SIZE")])

@@ -181,6 +181,9 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
     cfg, device, joint_set, amp_dtype = setup.cfg, setup.device, setup.joint_set, setup.amp_dtype
     channels_last = args.channels_last
     compiling = args.compile or args.compile_regions
+    if args.feedback_steps_complete < args.feedback_steps_start:   # the ramp would turn the feedback negative
+        raise ConfigError(f"--feedback-steps-complete {args.feedback_steps_complete} is before "
+                          f"--feedback-steps-start {args.feedback_steps_start}")
     if args.cuda_graphs and (compiling or distributed.world_size() > 1 or device.type != "cuda"):
         raise ConfigError(f"--cuda-graphs needs one CUDA process without --compile/--compile-regions (here: "
                           f"{device}, {distributed.world_size()} process(es), compiling: {compiling})")
