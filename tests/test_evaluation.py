@@ -199,6 +199,33 @@ def test_results_that_do_not_belong_to_the_ground_truth_fail_clearly(tmp_path):
         coco_keypoint_metrics(gt, path, [0.1] * 2)
 
 
+def test_ground_truth_scores_as_the_records_read_it_where_fields_are_missing(tmp_path):
+    """No ``category_id`` (records say 1), no ``categories``, a crowd region with a box only: COCOeval
+    sees the same (the region ignored), so the GT itself scores AP 1; a file with no evaluable
+    instance is the evaluator's DataError naming it."""
+    from freenet.evaluation import coco_ground_truth
+
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100}],
+            "annotations": [{"id": 5, "image_id": 1, "bbox": [0, 0, 50, 50], "area": 2500,
+                             "keypoints": [10, 10, 2, 20, 20, 2]},
+                            {"id": 6, "image_id": 1, "bbox": [60, 60, 20, 20], "area": 400, "iscrowd": 1}]}
+    gt = coco_ground_truth(data)
+    assert gt.getCatIds() == [1] and gt.anns[6]["num_keypoints"] == 0
+    found = [{"image_id": 1, "category_id": 1, "keypoints": [10, 10, 1, 20, 20, 1], "score": 1.0}]
+    metrics = coco_keypoint_metrics(gt, found, [0.1] * 2)
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["AR"] == pytest.approx(1.0)
+    with pytest.raises(DataError, match=r"\(id 8\): annotation has no 'bbox'"):
+        coco_ground_truth({"images": data["images"], "annotations": [{"id": 8, "image_id": 1, "area": 1,
+                                                                      "keypoints": [1, 1, 2, 2, 2, 2]}]})
+
+    unlabeled = {"images": data["images"], "annotations": [{"id": 7, "image_id": 1, "bbox": [0, 0, 50, 50],
+                                                           "area": 2500, "keypoints": [0] * 51, "num_keypoints": 0}]}
+    path = tmp_path / "unlabeled_val.json"
+    path.write_text(json.dumps(unlabeled))
+    with pytest.raises(DataError, match=r"unlabeled_val.json: no evaluable instance"):
+        Evaluator(path, tmp_path, "ap10k", check_images=False)
+
+
 def _tiny_gt():
     from freenet.evaluation import coco_ground_truth
     data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100}],

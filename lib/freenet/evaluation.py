@@ -159,7 +159,7 @@ def eval_records(ann_file: str | os.PathLike, image_dir: str | os.PathLike, join
         candidates.append(ann)
     values = keypoint_values(ann_file, candidates, num_joints)          # (C, J, 3)
     per_image = defaultdict(list)
-    for i, annotated in enumerate((values.reshape(len(candidates), -1).max(axis=1) != 0).tolist()):
+    for i, annotated in enumerate((values.reshape(len(candidates), 3 * num_joints).max(axis=1) != 0).tolist()):
         if annotated:                                                   # the original's max(keypoints) != 0
             per_image[candidates[i]["image_id"]].append(i)
     order = [i for img in data["images"] for i in per_image.get(img["id"], ())]
@@ -354,15 +354,23 @@ def coco_results(records: EvalRecords, keypoints: np.ndarray, maxvals: np.ndarra
 def coco_ground_truth(data: dict, ann_file: str | os.PathLike = "<dict>") -> COCO:
     """A pycocotools COCO index over an already-parsed file (quietly).
 
-    ``num_keypoints`` (COCOeval's ignore flag) and ``iscrowd`` are filled in where a file lacks
-    them; ``area`` cannot be guessed and must be there.
+    Filled in where a file lacks them, as the records read it (:func:`eval_records`): ``iscrowd``
+    0, ``category_id`` 1 and a ``categories`` list of the annotations' ids; no ``keypoints`` (a
+    box-only region) is none labeled, which ``num_keypoints`` (COCOeval's ignore flag) then says.
+    ``area`` and ``bbox`` cannot be guessed and must be there.
     """
     for ann in data.get("annotations", []):
-        if "keypoints" in ann and "num_keypoints" not in ann:
+        if not ann.get("keypoints"):
+            ann["keypoints"] = []
+        if "num_keypoints" not in ann:
             ann["num_keypoints"] = int(np.count_nonzero(np.asarray(ann["keypoints"])[2::3] > 0))
         ann.setdefault("iscrowd", 0)
-        if "area" not in ann:
-            raise DataError(ann_file, "annotation has no 'area' (COCOeval needs it for OKS)", ann.get("id"))
+        ann.setdefault("category_id", 1)
+        for key in ("area", "bbox"):
+            if key not in ann:
+                raise DataError(ann_file, f"annotation has no '{key}' (COCOeval needs it for OKS)", ann.get("id"))
+    if "categories" not in data:
+        data["categories"] = [{"id": c} for c in sorted({a["category_id"] for a in data.get("annotations", [])})]
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
