@@ -247,7 +247,7 @@ def test_corrupted_image_stops_the_run_naming_the_file(synthetic_root, tmp_path,
     assert torch.load(ckpt_path, weights_only=False)["step"] == 1
 
 
-def test_a_feedback_ramp_that_ends_before_it_starts_is_refused(synthetic_root, tmp_path, capsys):
+def test_a_feedback_ramp_that_ends_before_it_starts_or_a_run_with_no_step_is_refused(synthetic_root, tmp_path, capsys):
     from freenet.training import run
 
     args = tiny_args(synthetic_root, tmp_path, extra=["--feedback-steps-start", "5", "--feedback-steps-complete", "3"])
@@ -255,6 +255,10 @@ def test_a_feedback_ramp_that_ends_before_it_starts_is_refused(synthetic_root, t
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         "error: --feedback-steps-complete 3 is before --feedback-steps-start 5"
     assert not any(tmp_path.iterdir()), "refused before a run directory is made"
+    assert run("finetune", tiny_args(synthetic_root, tmp_path, extra=["--start-step", "4"])) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "error: nothing to train: --start-step 4 and the run ends at step 4 (--total-steps 4)"
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("override, named", [(["MODEL.EXTRA.WIDTH", "8"], "MODEL.EXTRA.WIDTH"),

@@ -245,17 +245,19 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
 
     loop = LoopConfig(args.total_steps, args.eval_step, [tuple(x) for x in cfg.FREENET.EVAL_SCHEDULE],
                       stop_step=args.stop_step)
+    ends = (f"ends at step {loop.end()} (--total-steps {args.total_steps}"
+            + (f", --stop-step {args.stop_step}" if args.stop_step else "") + ")")
     if args.resume:
         run_dir = RunDir(Path(args.resume).parent)
         state = restore(args.resume, teacher, student)
         if state.step + 1 >= loop.end():
-            raise ConfigError(f"{args.resume}: nothing to train: the run has done {state.step + 1} steps and "
-                              f"ends at step {loop.end()} (--total-steps {args.total_steps}"
-                              + (f", --stop-step {args.stop_step}" if args.stop_step else "")
-                              + "); give a larger --total-steps (or --stop-step) to train on")
+            raise ConfigError(f"{args.resume}: nothing to train: the run has done {state.step + 1} steps and {ends}; "
+                              "give a larger --total-steps (or --stop-step) to train on")
         run_dir.write_settings(cfg.dump(), vars(args))   # the next --resume reads this command's flags
         log.info("resumed %s at step %d", args.resume, state.step + 1)
     else:
+        if args.start_step >= loop.end():
+            raise ConfigError(f"nothing to train: --start-step {args.start_step} and the run {ends}")
         run_dir = RunDir.create(args.output_dir, args.name, cfg.dump(), vars(args))
         state = TrainState(step=args.start_step - 1)
         if args.start_step:
