@@ -64,24 +64,23 @@ def test_average_gradients_is_the_mean_over_ranks(tmp_path):
             assert torch.all(g == 1.5 * (i + 1))     # mean of (1, 2) * (i + 1)
 
 
-def _interrupt_worker(rank, world, port, out):
-    import signal
-
+def _interrupt_worker(rank, world, port, out, signum):
     import torch.distributed as dist
 
+    from freenet import distributed
     from freenet.engine import Interrupt
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     stopped = None
-    with Interrupt(agree_every=5) as interrupt:
+    with Interrupt() as interrupt:
         for step in range(100):
             if rank == 1 and step == 2:
-                os.kill(os.getpid(), signal.SIGINT)     # Ctrl-C reaches rank 1 only, during step 2
+                os.kill(os.getpid(), signum)     # the signal reaches rank 1 only, during step 2
             if interrupt.stop_now(step):
                 stopped = step
                 break
     torch.save((stopped, interrupt.requested), f"{out}/stop_{rank}.pt")
-    dist.destroy_process_group()
+    distributed.shutdown()
 
 
 def _free_port():
@@ -92,10 +91,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
-    """The ranks agree every 5 steps: rank 1's Ctrl-C in step 2 stops both after step 4."""
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_on_one_rank_stops_every_rank_after_that_step(tmp_path, signame):
+    """The ranks agree after every step (torchrun kills them 30 s after forwarding a signal): rank
+    1's Ctrl-C or SIGTERM in step 2 stops both after step 2."""
+    import signal
+
     import torch.multiprocessing as mp
 
-    mp.spawn(_interrupt_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
-    assert torch.load(tmp_path / "stop_0.pt") == (4, False)
-    assert torch.load(tmp_path / "stop_1.pt") == (4, True)
+    mp.spawn(_interrupt_worker, args=(2, _free_port(), str(tmp_path), getattr(signal, signame)), nprocs=2)
+    assert torch.load(tmp_path / "stop_0.pt") == (2, False)
+    assert torch.load(tmp_path / "stop_1.pt") == (2, True)

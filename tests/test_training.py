@@ -224,6 +224,47 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root, t
     assert torch.load(first, weights_only=False)["step"] == 7
 
 
+def test_a_run_stopped_inside_an_evaluation_evaluates_that_step_when_resumed(synthetic_root, tmp_path, monkeypatch,
+                                                                             caplog):
+    """checkpoint.pth is written before each evaluation (SPEC §9); one that did not finish (a second
+    Ctrl-C, out of memory, a killed job) runs again on resume, so the logs and best-oks.pth are an
+    uninterrupted run's. The stand-in evaluator scores AP 0.1, 0.9, 0.2 at steps 0, 1, 2."""
+    import freenet.training
+    from freenet.training import run
+
+    scores, crash = {0: 0.1, 1: 0.9, 2: 0.2}, {"at": None}
+
+    def build_evaluator(cfg, joint_set, device):
+        def evaluate(model):
+            step = torch.load(only_run_dir(out) / "checkpoint.pth", weights_only=False)["step"]
+            if step == crash["at"]:
+                crash["at"] = None
+                raise KeyboardInterrupt   # inside the student's evaluation
+            return {"AP": scores[step], "PCK": scores[step]}
+        return evaluate
+
+    monkeypatch.setattr(freenet.training, "build_evaluator", build_evaluator)
+    out = tmp_path / "straight"
+    assert run("train_split_ap10k", ["--level", "1", *tiny_args(synthetic_root, out, steps=3, eval_step=1)]) == 0
+    out, crash["at"] = tmp_path / "halves", 1
+    with pytest.raises(KeyboardInterrupt):
+        run("train_split_ap10k", ["--level", "1", *tiny_args(synthetic_root, out, steps=3, eval_step=1)])
+    ckpt = only_run_dir(out) / "checkpoint.pth"
+    assert torch.load(ckpt, weights_only=False)["step"] == 1
+    assert json.loads((ckpt.parent / "best.json").read_text())["evaluated_step"] == 0
+    with caplog.at_level("WARNING", logger="freenet.engine"):
+        assert run("train_split_ap10k", ["--resume", str(ckpt), "--workers", "0"]) == 0
+    assert "the evaluation after step 2 did not finish" in caplog.text
+
+    straight, halves = (only_run_dir(tmp_path / d) for d in ("straight", "halves"))
+    for name in ("val_log.txt", "metrics.jsonl", "best.json"):
+        assert (straight / name).read_text() == (halves / name).read_text(), name
+    assert json.loads((halves / "best.json").read_text()) == {"best_oks": 0.9, "best_pck": 0.9, "step": 1,
+                                                              "epoch": 1, "evaluated_step": 2}
+    a, b = (torch.load(d / "best-oks.pth", weights_only=True) for d in (straight, halves))
+    assert all(torch.equal(v, b[k]) for k, v in a.items())      # the step-1 student, in both
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_corrupted_image_stops_the_run_naming_the_file(synthetic_root, tmp_path, workers):
     root = tmp_path / "data"
@@ -304,7 +345,9 @@ def test_cuda_graphs_without_cuda_is_one_line(synthetic_root, tmp_path):
     assert not any(tmp_path.glob("ours_*"))                      # refused before anything was made
 
 
-def test_sigint_saves_and_the_run_resumes(synthetic_root, tmp_path):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_saves_and_the_run_resumes(synthetic_root, tmp_path, signame):
+    """Ctrl-C in a terminal, or a scheduler's SIGTERM: sent to the main process and its loader workers."""
     args = ["--level", "0", *tiny_args(synthetic_root, tmp_path, steps=100000, eval_step=100000, workers=1)]
     proc = subprocess.Popen([sys.executable, str(REPO / "train_split_ap10k.py"), *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -312,7 +355,7 @@ def test_sigint_saves_and_the_run_resumes(synthetic_root, tmp_path):
     while time.time() < deadline and not list(tmp_path.glob("ours_*/tensorboard")):
         time.sleep(0.2)
     time.sleep(3.0)                               # a few steps
-    os.killpg(proc.pid, signal.SIGINT)            # like Ctrl-C in a terminal: main process and workers
+    os.killpg(proc.pid, getattr(signal, signame))   # the whole process group: main process and workers
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert "Resume with --resume" in out + err

@@ -49,8 +49,10 @@ def init_from_env(device_type: str) -> int:
 
 
 def shutdown() -> None:
+    global _cpu_group
     if is_enabled():
         dist.destroy_process_group()
+    _cpu_group = None
 
 
 def barrier() -> None:
@@ -58,14 +60,23 @@ def barrier() -> None:
         dist.barrier()
 
 
+_cpu_group = None  # gloo group beside an NCCL one, for host-side flags (made on first use, by every rank)
+
+
 def any_rank(flag: bool) -> bool:
-    """True on every rank when ``flag`` is True on any rank: one all-reduce of one number (a sync)."""
+    """True on every rank when ``flag`` is True on any rank.
+
+    One all-reduce of one number on the host (gloo; beside NCCL a gloo group of its own), so the
+    ranks wait for each other but not for their GPU's queue: cheap enough for every step.
+    """
+    global _cpu_group
     if not is_enabled():
         return flag
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    if _cpu_group is None:
+        _cpu_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    value = torch.tensor([float(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_cpu_group)
+    return bool(value.item())  # a CPU tensor: no device sync
 
 
 def unwrap(model: nn.Module) -> nn.Module:

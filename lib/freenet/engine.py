@@ -67,9 +67,14 @@ class TrainState:
     step: int = -1           # last finished step
     best_oks: float = -1.0   # below any score: the first evaluation always writes best-*.pth
     best_pck: float = -1.0
+    best_step: int = -1      # step of the last improvement (best.json "step")
     # losses summed since the last evaluation (its logged means), kept across a resume
     window: dict[str, torch.Tensor] = field(default_factory=dict)
     window_steps: int = 0
+    # the logged loss means of the evaluation of ``step`` while it runs: checkpoint.pth is written
+    # just before it, so a run stopped inside it (a second Ctrl-C, out of memory, a job killed)
+    # evaluates that step again when resumed (:func:`restore`)
+    pending_eval: dict[str, float] | None = None
 
 
 class RunDir:
@@ -121,22 +126,25 @@ def git_commit() -> str:
 
 
 class Interrupt:
-    """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: stop at once.
+    """First Ctrl-C (or SIGTERM): finish the current step, save, stop. A second one: stop at once.
 
-    torchrun forwards Ctrl-C to every rank, so every rank catches it, and the ranks must leave the
-    loop after the same step (the next step's all-reduce would wait forever for a rank that left).
-    :meth:`stop_now` decides: in one process as soon as Ctrl-C came; under torchrun every
-    ``agree_every`` steps, with one all-reduce of the flag (:func:`~freenet.distributed.any_rank`).
+    torchrun forwards both signals to every rank (SIGTERM is how a cluster scheduler preempts a
+    job), and kills the ranks still running 30 s later (``--shutdown-timeout``), so the ranks must
+    leave the loop after the same step, and soon: the next step's all-reduce would wait forever for
+    a rank that left. :meth:`stop_now` decides after every step: in one process as soon as the
+    signal came; under torchrun with one host-side all-reduce of the flag
+    (:func:`~freenet.distributed.any_rank`), which does not wait for the GPU.
     """
 
-    def __init__(self, agree_every: int = 10):
-        self.requested = False     # Ctrl-C reached this process
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False     # a signal reached this process
         self.stopping = False      # every rank agreed to stop
-        self.agree_every = agree_every
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
@@ -144,20 +152,18 @@ class Interrupt:
             raise KeyboardInterrupt
         self.requested = True
         if distributed.is_main():
-            tqdm.write("Interrupt received: finishing this step and saving a checkpoint (Ctrl-C again to abort).")
+            tqdm.write(f"{signal.Signals(signum).name} received: finishing this step and saving a checkpoint "
+                       "(Ctrl-C again to abort).")
 
     def stop_now(self, step: int) -> bool:
         """Whether to stop after ``step`` (0-based); the same answer on every rank."""
         if not self.stopping:
-            if not distributed.is_enabled():
-                self.stopping = self.requested
-            elif (step + 1) % self.agree_every == 0:
-                self.stopping = distributed.any_rank(self.requested)
+            self.stopping = distributed.any_rank(self.requested)
         return self.stopping
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def checkpoint_state(state: TrainState, teacher: OptimizedModel, student: OptimizedModel, eval_step: int,
@@ -166,7 +172,7 @@ def checkpoint_state(state: TrainState, teacher: OptimizedModel, student: Optimi
     return {**teacher.state_dict("teacher"), **student.state_dict("student"), "step": state.step,
             "epoch": state.step // eval_step, "best_oks": state.best_oks, "best_pck": state.best_pck,
             "loss_window": {k: v.detach().cpu() for k, v in state.window.items()},
-            "loss_window_steps": state.window_steps, **extra}
+            "loss_window_steps": state.window_steps, "pending_eval": state.pending_eval, **extra}
 
 
 def restore(path: str, teacher: OptimizedModel, student: OptimizedModel) -> TrainState:
@@ -181,14 +187,17 @@ def restore(path: str, teacher: OptimizedModel, student: OptimizedModel) -> Trai
     device = next(teacher.model.parameters()).device
     state = TrainState(step=ckpt["step"], best_oks=ckpt.get("best_oks", -1.0), best_pck=ckpt.get("best_pck", -1.0),
                        window={k: v.to(device) for k, v in ckpt.get("loss_window", {}).items()},
-                       window_steps=ckpt.get("loss_window_steps", 0))
-    # checkpoint.pth is written before each evaluation (SPEC §9), so the best scores found by that
-    # evaluation live in best.json beside it.
+                       window_steps=ckpt.get("loss_window_steps", 0), pending_eval=ckpt.get("pending_eval"))
+    # checkpoint.pth is written before each evaluation (SPEC §9), so what that evaluation found
+    # lives in best.json beside it, written when the evaluation has finished.
     best_file = Path(path).parent / "best.json"
     if best_file.exists():
         best = json.loads(best_file.read_text())
         state.best_oks = max(state.best_oks, best.get("best_oks", -1.0))
         state.best_pck = max(state.best_pck, best.get("best_pck", -1.0))
+        state.best_step = best.get("step", -1)
+        if best.get("evaluated_step") == state.step:
+            state.pending_eval = None
     return state
 
 
@@ -245,11 +254,14 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
                     [list(x) for x in loop.eval_schedule], advice)
     else:
         log.info("first evaluation after step %d", first_eval + 1)
+    if state.pending_eval is not None:
+        log.warning("the evaluation after step %d did not finish: evaluating that checkpoint first", state.step + 1)
+        _evaluate_and_save(state.step, state, teacher, student, evaluate, recorder, run, loop, extra, save=False)
     bar = tqdm(total=loop.total_steps, initial=start, dynamic_ncols=True, disable=not distributed.is_main(),
                desc="FreeNet")
     tic = time.perf_counter()
     try:
-        with Interrupt(loop.log_every) as interrupt:
+        with Interrupt() as interrupt:
             for step in range(start, loop.end()):
                 batch_l, batch_u = _next_batches(labeled, unlabeled)
                 out = step_fn(step, batch_l, batch_u)
@@ -265,9 +277,9 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
                     bar.set_postfix_str(f"S_LR {student.lr:.2e} T_LR {teacher.lr:.2e} {dt:.2f}s/it "
                                         f"S_Loss {means['s_loss']:.5f} T_Loss {means['t_loss']:.5f}")
                 if loop.is_eval_step(step):
-                    train = _window_means(window, state.window_steps)
+                    state.pending_eval = _window_means(window, state.window_steps)
                     state.window, state.window_steps = {}, 0
-                    _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, train, extra)
+                    _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, extra)
                 if interrupt.stop_now(step):
                     _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
                     tqdm.write(f"Stopped after step {step + 1}. {resume_hint(run)}")
@@ -307,12 +319,15 @@ def _next_batches(labeled: Iterator[dict], unlabeled: Iterator[dict]) -> tuple[d
         raise clean from None
 
 
-def _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, train, extra):
+def _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, extra, save=True):
+    """Checkpoint, then evaluate both networks on the logged means ``state.pending_eval``, then
+    log and keep the best student; best.json, written last, says the evaluation finished."""
     epoch = step // loop.eval_step
+    train = state.pending_eval
     distributed.check_in_sync(teacher.model, "teacher")
     distributed.check_in_sync(student.model, "student")
-    # Save first (SPEC §9): a crash inside evaluation loses nothing.
-    _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
+    if save:  # first (SPEC §9): a run stopped inside the evaluation resumes with it
+        _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
     metrics = {}
     if distributed.is_main():
         for name, net in (("student", student.model), ("teacher", teacher.model)):
@@ -336,10 +351,13 @@ def _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, l
             state.best_pck, improved = s["PCK"], True
             atomic_save(student_weights, run / "best-pck.pth")
         if improved:
-            write_json_atomic(run / "best.json", {"best_oks": state.best_oks, "best_pck": state.best_pck,
-                                                   "step": step, "epoch": epoch})
+            state.best_step = step
+        write_json_atomic(run / "best.json", {"best_oks": state.best_oks, "best_pck": state.best_pck,
+                                               "step": state.best_step, "epoch": state.best_step // loop.eval_step,
+                                               "evaluated_step": step})
         tqdm.write(f"[step {step + 1}] student AP {s['AP']:.4f} PCK {s['PCK']:.4f} | "
                    f"teacher AP {t['AP']:.4f} PCK {t['PCK']:.4f} | best AP {state.best_oks:.4f}")
+    state.pending_eval = None
     distributed.barrier()
 
 
