@@ -102,3 +102,28 @@ def test_a_signal_on_one_rank_stops_every_rank_after_that_step(tmp_path, signame
     mp.spawn(_interrupt_worker, args=(2, _free_port(), str(tmp_path), getattr(signal, signame)), nprocs=2)
     assert torch.load(tmp_path / "stop_0.pt") == (2, False)
     assert torch.load(tmp_path / "stop_1.pt") == (2, True)
+
+
+def _run_dir_worker(rank, world, port, out):
+    import torch.distributed as dist
+
+    from freenet import distributed
+    from freenet.engine import RunDir
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    assert distributed.from_main({"rank": rank}) == {"rank": 0}
+    run = RunDir.create(out, f"rank{rank}", "SEED: 2\n", {"seed": 2})   # names as two clocks could differ
+    with open(f"{out}/path_{rank}.txt", "w") as f:
+        f.write(str(run.path))
+    distributed.shutdown()
+
+
+def test_every_rank_names_the_run_folder_rank_0_made(tmp_path):
+    """The resume command every rank prints names the folder that exists."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_run_dir_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    paths = {(tmp_path / f"path_{rank}.txt").read_text() for rank in range(2)}
+    folders = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(paths) == 1 and [str(p) for p in folders] == list(paths)
+    assert folders[0].name.startswith("rank0_") and (folders[0] / "args.json").is_file()

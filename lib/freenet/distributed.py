@@ -63,20 +63,34 @@ def barrier() -> None:
 _cpu_group = None  # gloo group beside an NCCL one, for host-side flags (made on first use, by every rank)
 
 
+def _host_group():
+    """The process group for host values: the default one under gloo, else a gloo group of its own."""
+    global _cpu_group
+    if _cpu_group is None:
+        _cpu_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    return _cpu_group
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is True on any rank.
 
-    One all-reduce of one number on the host (gloo; beside NCCL a gloo group of its own), so the
-    ranks wait for each other but not for their GPU's queue: cheap enough for every step.
+    One all-reduce of one number on the host, so the ranks wait for each other but not for their
+    GPU's queue: cheap enough for every step.
     """
-    global _cpu_group
     if not is_enabled():
         return flag
-    if _cpu_group is None:
-        _cpu_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
     value = torch.tensor([float(flag)])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_cpu_group)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_host_group())
     return bool(value.item())  # a CPU tensor: no device sync
+
+
+def from_main(value):
+    """Rank 0's ``value`` (any picklable object) on every rank."""
+    if not is_enabled():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=_host_group())
+    return box[0]
 
 
 def unwrap(model: nn.Module) -> nn.Module:

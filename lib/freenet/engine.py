@@ -99,6 +99,7 @@ class RunDir:
                     suffix += 1
                     run.path = path.with_name(f"{path.name}_{suffix}")
             write_text_atomic(run.path / "git_commit.txt", git_commit() + "\n")
+        run.path = Path(distributed.from_main(str(run.path)))  # the ranks' clocks may name another second
         run.write_settings(config_text, args)
         return run
 
