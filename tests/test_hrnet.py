@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import types
 from pathlib import Path
 
@@ -460,14 +461,50 @@ def test_load_imagenet_backbone_missing_file_names_it(tmp_path):
         load_imagenet_backbone(_model(seed=0), tmp_path / "nowhere.pth")
 
 
-def test_load_imagenet_backbone_skips_shape_mismatches():
-    # The stem and layer1 are 64/256 channels for every width, the branches are not.
-    source, target = _model(width=16, seed=0), _model(width=8, seed=1)
-    report = load_imagenet_backbone(target, source.state_dict())
-    assert torch.equal(target.layer1[3].conv3.weight, source.layer1[3].conv3.weight)
-    assert "layer1.3.conv3.weight" in report["loaded"]
-    assert "stage2.0.branches.0.0.conv1.weight" in report["skipped"]
-    assert "stage2.0.branches.0.0.conv1.weight" in report["missing"]
+def test_load_imagenet_backbone_refuses_another_width(tmp_path):
+    # The stem and layer1 are 64/256 channels for every width, the branches are not: a W48 file given
+    # to a W32 model used to load those alone, silently.
+    path, wide = tmp_path / "hrnet_w16.pth", _model(width=16, seed=0).state_dict()
+    torch.save(wide, path)
+    target = _model(width=8, seed=1)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    other = [k for k, v in before.items() if _is_backbone(k) and v.shape != wide[k].shape]
+    with pytest.raises(CheckpointError) as error:
+        load_imagenet_backbone(target, path)
+    message = str(error.value)
+    assert message == (f"{path}: {len(other)} backbone tensors have other shapes than the model (first: "
+                       f"transition1.0.0.weight: (16, 256, 3, 3) in the file vs (8, 256, 3, 3) in the model): the "
+                       f"file holds HRNet-W16 weights, the model is W8; MODEL.WIDTH must match the file's width")
+    assert other[0] == "transition1.0.0.weight" and len(other) > 1000
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())   # nothing half-loaded
+
+
+@pytest.mark.parametrize("layout", ["module_prefix", "wrapped"])
+def test_load_imagenet_backbone_reads_wrapped_and_ddp_files(tmp_path, layout):
+    # HRNet-Image-Classification's checkpoint.pth.tar: {"epoch", "model": name, "state_dict", ...}
+    source, target = _model(seed=0), _model(seed=1)
+    checkpoint, extra_keys = _fake_imagenet_checkpoint(source)
+    if layout == "module_prefix":
+        checkpoint = {"module." + k: v for k, v in checkpoint.items()}
+    else:
+        checkpoint = {"epoch": 100, "model": "cls_hrnet", "state_dict": checkpoint, "perf": 0.75}
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save(checkpoint, path)
+    report = load_imagenet_backbone(target, path)
+    backbone_keys = [k for k in target.state_dict() if _is_backbone(k)]
+    assert report["loaded"] == backbone_keys and set(report["skipped"]) == extra_keys
+    src, dst = source.state_dict(), target.state_dict()
+    assert all(torch.equal(dst[k], src[k]) for k in backbone_keys)
+
+
+def test_load_imagenet_backbone_unreadable_file_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "hrnet_w32-36af842e.pth"
+    path.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: cannot read checkpoint \(UnpicklingError"):
+        load_imagenet_backbone(_model(), path)
+    torch.save({"epoch": 3, "best_perf": 0.7}, path)          # no weights in it
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: .* does not hold model weights"):
+        load_imagenet_backbone(_model(), path)
 
 
 def test_load_imagenet_backbone_raises_when_nothing_matches(tmp_path):

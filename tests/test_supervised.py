@@ -8,6 +8,7 @@ from conftest import TINY_MODEL
 from freenet.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from freenet.inference import load_pose_model, trained_input_size
 from freenet.models import PoseHighResolutionNet
+from freenet.optim import OptimizedModel
 from freenet.supervised import main as supervised_main, multistep
 from freenet.training import load_student_init
 
@@ -191,3 +192,59 @@ def test_resume_from_another_kind_of_checkpoint_is_one_line(synthetic_root, tmp_
                             "--workers", "0", *TINY_MODEL])
     assert code == 1
     assert "checkpoint.pth: not a train_supervised.py checkpoint: no 'model'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_with_amp_fp16_switched_on_or_off(synthetic_root, tmp_path, monkeypatch):
+    """A run saved with a disabled GradScaler (CPU, --no-amp, bf16) resumes with fp16 AMP on (CUDA's
+    default) and the reverse. The CPU GradScaler stands in for CUDA's (fp32 compute; only the scaler)."""
+    real = torch.amp.GradScaler
+
+    def scaler(enabled):
+        monkeypatch.setattr(torch.amp, "GradScaler", lambda device, **_: real(device, enabled=enabled))
+
+    def resume(stop_epoch):
+        assert supervised_main(["--resume", str(path), "--workers", "0", "--stop-epoch", str(stop_epoch)]) == 0
+        return torch.load(path, weights_only=False)
+
+    assert supervised_main(["--cfg", "experiments/ap10k/freenet_split.yaml", "--level", "0", "--data-root",
+                            str(synthetic_root), "--output-dir", str(tmp_path), "--epochs", "4", "--stop-epoch", "1",
+                            "--batch-size", "4", "--eval-every", "9", "--workers", "0", *TINY_MODEL]) == 0
+    path = next(tmp_path.iterdir()) / "checkpoint.pth"
+    first = torch.load(path, weights_only=False)
+    assert "scaler" not in first                      # a disabled scaler's state ({}) is not saved
+    scaler(enabled=True)
+    second = resume(stop_epoch=2)
+    assert second["iteration"] == 2 * first["iteration"]
+    # a fresh scale, then one growth step per iteration of the resumed epoch (no inf gradients here)
+    assert second["scaler"]["scale"] == 2.0 ** 16
+    assert second["scaler"]["_growth_tracker"] == first["iteration"]
+    scaler(enabled=False)                              # the saved scaler state is ignored
+    third = resume(stop_epoch=3)
+    assert third["iteration"] == 3 * first["iteration"] and "scaler" not in third
+
+
+def _optimized(scaler_enabled: bool) -> OptimizedModel:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return OptimizedModel(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 0.5),
+                          torch.amp.GradScaler("cpu", enabled=scaler_enabled))
+
+
+@pytest.mark.parametrize("prefix", ["", "student"])
+def test_scaler_state_moves_only_between_enabled_scalers(prefix):
+    key = f"{prefix}_scaler" if prefix else "scaler"
+    off, on = _optimized(False), _optimized(True)
+    assert key not in off.state_dict(prefix)
+    on.load_state_dict(off.state_dict(prefix), prefix)
+    on.load_state_dict({**off.state_dict(prefix), key: {}}, prefix)   # as older train_supervised.py files hold
+    assert on.scaler.get_scale() == 2.0 ** 16
+    on.scaler.load_state_dict({**on.scaler.state_dict(), "scale": 128.0})   # as after some overflows
+    saved = on.state_dict(prefix)
+    assert saved[key]["scale"] == 128.0
+    off.load_state_dict(saved, prefix)                                 # ignored, no error
+    assert not off.scaler.is_enabled()
+    again = _optimized(True)
+    again.load_state_dict(saved, prefix)
+    assert again.scaler.get_scale() == 128.0

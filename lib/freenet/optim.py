@@ -45,25 +45,35 @@ class OptimizedModel:
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])     # a device tensor under CUDA graphs
 
-    def state_dict(self, prefix: str) -> dict:
+    def state_dict(self, prefix: str = "") -> dict:
+        """The model, optimizer, schedule and (with AMP fp16 only) scaler states, under ``{prefix}_model``
+        etc., or ``model`` etc. without a prefix. A disabled scaler's state is ``{}``, which an
+        enabled one refuses to load: it is left out."""
         # The same checkpoint with or without CUDA graphs, whose learning rates are device tensors.
         optimizer, scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
         for group in optimizer["param_groups"]:
             group.update(lr=float(group["lr"]), capturable=False)
         scheduler["_last_lr"] = [float(lr) for lr in scheduler["_last_lr"]]
-        out = {f"{prefix}_model": distributed.unwrap(self.model).state_dict(),
-               f"{prefix}_optimizer": optimizer,
-               f"{prefix}_scheduler": scheduler}
+        out = {_key(prefix, "model"): distributed.unwrap(self.model).state_dict(),
+               _key(prefix, "optimizer"): optimizer,
+               _key(prefix, "scheduler"): scheduler}
         if self.scaler.is_enabled():
-            out[f"{prefix}_scaler"] = self.scaler.state_dict()
+            out[_key(prefix, "scaler")] = self.scaler.state_dict()
         return out
 
-    def load_state_dict(self, state: dict, prefix: str) -> None:
-        distributed.unwrap(self.model).load_state_dict(state[f"{prefix}_model"])
-        self.optimizer.load_state_dict(state[f"{prefix}_optimizer"])
-        self.scheduler.load_state_dict(state[f"{prefix}_scheduler"])
-        if self.scaler.is_enabled() and f"{prefix}_scaler" in state:
-            self.scaler.load_state_dict(state[f"{prefix}_scaler"])
+    def load_state_dict(self, state: dict, prefix: str = "") -> None:
+        """Inverse of :meth:`state_dict`. The scaler state is loaded only into an enabled scaler and only
+        when the checkpoint has one (a run saved without AMP fp16 may resume with it, and the reverse);
+        an empty one, as older train_supervised.py checkpoints hold for a disabled scaler, is ignored."""
+        distributed.unwrap(self.model).load_state_dict(state[_key(prefix, "model")])
+        self.optimizer.load_state_dict(state[_key(prefix, "optimizer")])
+        self.scheduler.load_state_dict(state[_key(prefix, "scheduler")])
+        if self.scaler.is_enabled() and state.get(_key(prefix, "scaler")):
+            self.scaler.load_state_dict(state[_key(prefix, "scaler")])
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}_{name}" if prefix else name
 
 
 def make_adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:

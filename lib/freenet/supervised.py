@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--stop-epoch", type=POSITIVE, default=None,
       help="save and stop after this many epochs, the --epochs schedule unchanged (job time limits); "
            "--resume continues")
-    a("--imagenet", default=None, help="ImageNet HRNet-W32 classification weights for the backbone (optional)")
+    a("--imagenet", default=None, help="ImageNet HRNet classification weights for the backbone, of the model's "
+                                       "MODEL.WIDTH: hrnet_w32-36af842e.pth for W32 (optional)")
     a("--save-as", type=file_path, default=None,
       help="also copy the best weights here, e.g. pretrained_weights/pretrained_25_5.pth")
     a("--level", type=int, default=None, choices=(0, 1), help="split level (the split setting's yaml)")
@@ -90,8 +91,9 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
     imagenet = args.imagenet or cfg.MODEL.PRETRAINED
     if imagenet and not args.resume:
         report = load_imagenet_backbone(model, imagenet)
-        log.info("ImageNet backbone from %s: %d tensors loaded, %d not in the checkpoint", imagenet,
-                 len(report["loaded"]), len(report["missing"]))
+        log.info("ImageNet backbone from %s: %d tensors loaded, %d not in the checkpoint, %d of its tensors "
+                 "skipped (not in the pose backbone)", imagenet, len(report["loaded"]), len(report["missing"]),
+                 len(report["skipped"]))
     model.to(device)
     iters_per_epoch = epoch_length(len(records), batch_size, distributed.world_size())
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.TRAIN.LR, weight_decay=cfg.TRAIN.WD)
@@ -108,11 +110,7 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
             if key not in ckpt:
                 raise CheckpointError(f"{args.resume}: not a train_supervised.py checkpoint: no '{key}'")
         check_compatible(model, ckpt["model"], args.resume)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        net.scheduler.load_state_dict(ckpt["scheduler"])
-        if "scaler" in ckpt and net.scaler.is_enabled():
-            net.scaler.load_state_dict(ckpt["scaler"])
+        net.load_state_dict(ckpt)      # the scaler only when both runs use AMP fp16
         iteration = ckpt.get("iteration", (ckpt["epoch"] + 1) * iters_per_epoch)
         partial_loss, best_ap = ckpt.get("partial_loss", 0.0), ckpt["best_ap"]
         if iteration >= epochs * iters_per_epoch:
@@ -166,9 +164,7 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
                     atomic_save(model.state_dict(), run / "best.pth")
                     summary.update(best_ap=best_ap, best_pck=metrics["PCK"], best_epoch=epoch + 1)  # as logged
             if distributed.is_main():
-                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": net.scheduler.state_dict(), "scaler": net.scaler.state_dict(),
-                             "epoch": epoch, "iteration": iteration, "partial_loss": partial_loss,
+                atomic_save({**net.state_dict(), "epoch": epoch, "iteration": iteration, "partial_loss": partial_loss,
                              "best_ap": best_ap, "joint_set": joint_set.name,
                              "num_joints": joint_set.num_joints, "width": cfg.MODEL.WIDTH, "config": cfg.dump()},
                             run / "checkpoint.pth")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freenet.checkpoint import CheckpointError
+from freenet.checkpoint import CheckpointError, extract_state_dict, load_checkpoint
 
 BN_MOMENTUM = 0.1
 STEM_CHANNELS = 64
@@ -346,45 +346,51 @@ def load_imagenet_backbone(
 ) -> dict[str, list[str]]:
     """Copies an ImageNet HRNet classification checkpoint's backbone into ``model`` (SPEC §12).
 
-    Only tensors under the backbone modules (stem, layer1, transitions, stages) whose key exists
-    in ``model`` with the same shape are copied; the classification head (``incre_modules``,
+    The file is read like any checkpoint (:func:`~freenet.checkpoint.extract_state_dict`): a plain
+    state_dict or one wrapped as ``{"state_dict": ...}`` (HRNet-Image-Classification's
+    ``checkpoint.pth.tar``), ``module.`` prefixes removed. The tensors under the backbone modules
+    (stem, layer1, transitions, stages) are copied; the classification head (``incre_modules``,
     ``downsamp_modules``, ``final_layer``, ``classifier``) and the multi-scale outputs of the last
-    stage4 module, which the pose net does not have, are skipped. Returns
-    ``{"loaded": keys copied, "skipped": checkpoint keys not copied, "missing": backbone keys of
-    model that the checkpoint did not provide}``. Raises :class:`CheckpointError` (a ValueError)
-    naming the file when nothing matches.
+    stage4 module, which the pose net does not have, are skipped. Returns ``{"loaded": keys copied,
+    "skipped": checkpoint keys not copied, "missing": backbone keys of model that the checkpoint
+    did not provide}``. Raises :class:`CheckpointError` (a ValueError) naming the file when it
+    cannot be read, when a backbone tensor has another shape than the model's (weights of another
+    HRNet width) or when nothing matches; the model is then left unchanged.
     """
     if isinstance(path_or_state_dict, Mapping):
-        name, state = "<state_dict>", path_or_state_dict
+        name, checkpoint = "<state_dict>", path_or_state_dict
     else:
         name = os.fspath(path_or_state_dict)
         if not os.path.isfile(name):
             raise CheckpointError(f"{name}: ImageNet HRNet weights not found (the official HRNet classification "
                                   f"release's hrnet_w32-36af842e.pth; README: training)")
-        state = torch.load(name, map_location="cpu", weights_only=True)
-        if not isinstance(state, Mapping):
-            raise CheckpointError(f"{name}: expected a state_dict (mapping of tensors), got {type(state).__name__}")
+        checkpoint = load_checkpoint(name)
+    state, _ = extract_state_dict(checkpoint, "", name)
 
     target = model.state_dict()
-    loaded, skipped = {}, []
-    for key, value in state.items():
-        top = key.split(".", 1)[0]
-        ok = (
-            top in BACKBONE_PREFIXES
-            and key in target
-            and isinstance(value, torch.Tensor)
-            and value.shape == target[key].shape
-        )
-        if ok:
-            loaded[key] = value
-        else:
-            skipped.append(key)
+    loaded = {k: v for k, v in state.items() if k.split(".", 1)[0] in BACKBONE_PREFIXES and k in target}
+    other_shape = [k for k, v in loaded.items() if v.shape != target[k].shape]
+    if other_shape:
+        k, file_width, model_width = other_shape[0], _branch_width(state), _branch_width(target)
+        held = (f"the file holds HRNet-W{file_width} weights, the model is W{model_width}"
+                if file_width and file_width != model_width else "weights of another HRNet width?")
+        raise CheckpointError(
+            f"{name}: {len(other_shape)} backbone tensors have other shapes than the model (first: {k}: "
+            f"{tuple(loaded[k].shape)} in the file vs {tuple(target[k].shape)} in the model): {held}; "
+            f"MODEL.WIDTH must match the file's width")
+    skipped = [k for k in state if k not in loaded]
     if not loaded:
         first = ", ".join(list(state)[:5])
         raise CheckpointError(
-            f"{name}: no backbone tensor matches the pose model by name and shape "
+            f"{name}: no backbone tensor matches the pose model by name "
             f"({len(state)} keys, first: {first or 'none'})"
         )
     model.load_state_dict(loaded, strict=False)
     missing = [k for k in target if k.split(".", 1)[0] in BACKBONE_PREFIXES and k not in loaded]
     return {"loaded": list(loaded), "skipped": skipped, "missing": missing}
+
+
+def _branch_width(state: Mapping[str, torch.Tensor]) -> int | None:
+    """The HRNet width C (channels of the first branch) of a state_dict, if it has the first transition."""
+    weight = state.get("transition1.0.0.weight")   # (C, 256, 3, 3)
+    return None if weight is None else int(weight.shape[0])
