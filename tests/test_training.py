@@ -347,7 +347,8 @@ def test_cuda_graphs_without_cuda_is_one_line(synthetic_root, tmp_path):
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_a_signal_saves_and_the_run_resumes(synthetic_root, tmp_path, signame):
-    """Ctrl-C in a terminal, or a scheduler's SIGTERM: sent to the main process and its loader workers."""
+    """Ctrl-C in a terminal (to the main process and its loader workers), or SIGTERM to the main
+    process (``kill PID``; what torchrun forwards to each rank)."""
     args = ["--level", "0", *tiny_args(synthetic_root, tmp_path, steps=100000, eval_step=100000, workers=1)]
     proc = subprocess.Popen([sys.executable, str(REPO / "train_split_ap10k.py"), *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -355,7 +356,10 @@ def test_a_signal_saves_and_the_run_resumes(synthetic_root, tmp_path, signame):
     while time.time() < deadline and not list(tmp_path.glob("ours_*/tensorboard")):
         time.sleep(0.2)
     time.sleep(3.0)                               # a few steps
-    os.killpg(proc.pid, getattr(signal, signame))   # the whole process group: main process and workers
+    if signame == "SIGINT":
+        os.killpg(proc.pid, signal.SIGINT)        # the whole process group: main process and workers
+    else:
+        os.kill(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert "Resume with --resume" in out + err

@@ -102,13 +102,11 @@ def stream_loader(dataset: KeypointDataset, batch_size: int, start_batch: int = 
 
 
 def _init_worker(worker_id: int) -> None:
-    # Ctrl-C and SIGTERM (a scheduler's, sent to every process of the job) are the main process's to
-    # handle: it finishes the step, saves a checkpoint, then stops the workers (a worker killed first
-    # would end the step with an error). A worker whose main process is gone exits by itself.
+    # Ctrl-C is the main process's to handle (it saves a checkpoint, then stops the workers).
+    # SIGTERM is not ignored: the DataLoader stops a stuck worker with it.
     # (OpenCV's thread pool is left alone: resizing it in a forked worker deadlocks when the parent
     # had used it, e.g. after writing the synthetic data in the same process.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def collate(samples: list[dict]) -> dict:
