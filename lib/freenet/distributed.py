@@ -17,6 +17,7 @@ from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 BUCKET_BYTES = 25 * 2 ** 20  # DDP's default bucket size
+_cpu_group = None  # gloo group beside an NCCL one, for host-side values (made on first use, by every rank)
 
 
 def is_enabled() -> bool:
@@ -58,9 +59,6 @@ def shutdown() -> None:
 def barrier() -> None:
     if is_enabled():
         dist.barrier()
-
-
-_cpu_group = None  # gloo group beside an NCCL one, for host-side flags (made on first use, by every rank)
 
 
 def _host_group():

@@ -131,9 +131,9 @@ class Interrupt:
 
     torchrun forwards both signals to every rank and kills the ranks still running 30 s later
     (``--shutdown-timeout``), so the ranks must leave the loop after the same step, and soon: the
-    next step's all-reduce would wait forever for a rank that left. :meth:`stop_now` decides after every step: in one process as soon as the
-    signal came; under torchrun with one host-side all-reduce of the flag
-    (:func:`~freenet.distributed.any_rank`), which does not wait for the GPU.
+    next step's all-reduce would wait forever for a rank that left. :meth:`stop_now` decides after
+    every step: in one process as soon as the signal came; under torchrun with one host-side
+    all-reduce of the flag (:func:`~freenet.distributed.any_rank`), which does not wait for the GPU.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)

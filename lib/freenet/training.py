@@ -184,6 +184,12 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
     if args.feedback_steps_complete < args.feedback_steps_start:   # the ramp would turn the feedback negative
         raise ConfigError(f"--feedback-steps-complete {args.feedback_steps_complete} is before "
                           f"--feedback-steps-start {args.feedback_steps_start}")
+    loop = LoopConfig(args.total_steps, args.eval_step, [tuple(x) for x in cfg.FREENET.EVAL_SCHEDULE],
+                      stop_step=args.stop_step)
+    ends = (f"ends at step {loop.end()} (--total-steps {args.total_steps}"
+            + (f", --stop-step {args.stop_step}" if args.stop_step else "") + ")")
+    if not args.resume and args.start_step >= loop.end():
+        raise ConfigError(f"nothing to train: --start-step {args.start_step} and the run {ends}")
     if args.cuda_graphs and (compiling or distributed.world_size() > 1 or device.type != "cuda"):
         raise ConfigError(f"--cuda-graphs needs one CUDA process without --compile/--compile-regions (here: "
                           f"{device}, {distributed.world_size()} process(es), compiling: {compiling})")
@@ -243,10 +249,6 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
     if args.cuda_graphs:
         step_fn = GraphedStep(step_fn)
 
-    loop = LoopConfig(args.total_steps, args.eval_step, [tuple(x) for x in cfg.FREENET.EVAL_SCHEDULE],
-                      stop_step=args.stop_step)
-    ends = (f"ends at step {loop.end()} (--total-steps {args.total_steps}"
-            + (f", --stop-step {args.stop_step}" if args.stop_step else "") + ")")
     if args.resume:
         run_dir = RunDir(Path(args.resume).parent)
         state = restore(args.resume, teacher, student)
@@ -256,8 +258,6 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
         run_dir.write_settings(cfg.dump(), vars(args))   # the next --resume reads this command's flags
         log.info("resumed %s at step %d", args.resume, state.step + 1)
     else:
-        if args.start_step >= loop.end():
-            raise ConfigError(f"nothing to train: --start-step {args.start_step} and the run {ends}")
         run_dir = RunDir.create(args.output_dir, args.name, cfg.dump(), vars(args))
         state = TrainState(step=args.start_step - 1)
         if args.start_step:

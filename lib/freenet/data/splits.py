@@ -405,8 +405,9 @@ def collision_offsets(pools: Sequence[Sequence[Record]]) -> list[tuple[int, int]
 
     Pool ``k`` is shifted by the largest (shifted) image and annotation id of pools ``0..k-1``, the
     scheme of the authors' union files (AnimalPose after AP-10K, TigDog after both, §3.5; they took
-    the largest ids of AP-10K's whole release, not of its train file), whose ids start at 1; a pool with ids below 1 (ids from 0) is shifted further, so that its smallest id
-    lands just past that largest one. Returns one ``(image offset, annotation offset)`` per pool,
+    the largest ids of AP-10K's whole release, not of its train file), whose ids start at 1; a pool
+    with ids below 1 (ids from 0) is shifted further, so that its smallest id lands just past that
+    largest one. Returns one ``(image offset, annotation offset)`` per pool,
     the first ``(0, 0)``.
     """
     image_sets = [{int(r.image_id) for r in pool} for pool in pools]
