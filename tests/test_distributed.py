@@ -74,11 +74,11 @@ def _interrupt_worker(rank, world, port, out, signum):
     stopped = None
     with Interrupt() as interrupt:
         for step in range(100):
+            if interrupt.next(lambda: step) is None:    # (the fetch of step's batch)
+                stopped = step - 1                      # the last finished step
+                break
             if rank == 1 and step == 2:
                 os.kill(os.getpid(), signum)     # the signal reaches rank 1 only, during step 2
-            if interrupt.stop_now(step):
-                stopped = step
-                break
     torch.save((stopped, interrupt.requested), f"{out}/stop_{rank}.pt")
     distributed.shutdown()
 

@@ -345,10 +345,58 @@ def test_cuda_graphs_without_cuda_is_one_line(synthetic_root, tmp_path):
     assert not any(tmp_path.glob("ours_*"))                      # refused before anything was made
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_a_signal_saves_and_the_run_resumes(synthetic_root, tmp_path, signame):
-    """Ctrl-C in a terminal (to the main process and its loader workers), or SIGTERM to the main
-    process (``kill PID``; what torchrun forwards to each rank)."""
+def _dead_workers():
+    raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+
+
+def _out_of_memory():
+    raise RuntimeError("CUDA out of memory")
+
+
+def test_after_a_signal_dead_loader_workers_mean_stop_and_other_errors_still_raise():
+    from freenet.engine import Interrupt
+
+    before = [signal.getsignal(s) for s in (signal.SIGCHLD, signal.SIGTERM)]
+    with Interrupt() as interrupt:
+        with pytest.raises(RuntimeError, match="exited unexpectedly"):
+            interrupt.next(_dead_workers)                    # no signal came: a real failure
+        assert interrupt.next(lambda: "batch") == "batch"
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)                                     # (the handler runs between two bytecodes)
+        assert interrupt.requested and not interrupt.stopping
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL   # torch's handler would raise mid-step
+        with pytest.raises(RuntimeError, match="out of memory"):
+            interrupt.next(_out_of_memory)
+        assert interrupt.next(_dead_workers) is None and interrupt.stopping
+    assert [signal.getsignal(s) for s in (signal.SIGCHLD, signal.SIGTERM)] == before    # restored
+
+
+class _WorkerSignals(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return torch.tensor([signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                             signal.getsignal(signal.SIGTERM) == signal.SIG_DFL])
+
+
+def test_a_loader_worker_forked_during_training_leaves_signals_to_the_main_process():
+    """Forked inside :class:`Interrupt` (an evaluation's loader), a worker ignores Ctrl-C and dies
+    of SIGTERM (the DataLoader stops a stuck worker with it) instead of inheriting the handler."""
+    from freenet.data.dataset import init_worker
+    from freenet.engine import Interrupt
+
+    with Interrupt():
+        inherited = next(iter(torch.utils.data.DataLoader(_WorkerSignals(), num_workers=1)))
+        reset = next(iter(torch.utils.data.DataLoader(_WorkerSignals(), num_workers=1, worker_init_fn=init_worker)))
+    assert inherited.tolist() == [[False, False]] and reset.tolist() == [[True, True]]
+
+
+@pytest.mark.parametrize("signame, group", [("SIGINT", True), ("SIGTERM", False), ("SIGTERM", True)])
+def test_a_signal_saves_and_the_run_resumes(synthetic_root, tmp_path, signame, group):
+    """Ctrl-C in a terminal (to the main process and its loader workers), SIGTERM to the main
+    process (``kill PID``; what torchrun forwards to each rank), or SIGTERM to every process (a
+    scheduler's time limit: the loader worker dies of it)."""
     args = ["--level", "0", *tiny_args(synthetic_root, tmp_path, steps=100000, eval_step=100000, workers=1)]
     proc = subprocess.Popen([sys.executable, str(REPO / "train_split_ap10k.py"), *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -356,10 +404,10 @@ def test_a_signal_saves_and_the_run_resumes(synthetic_root, tmp_path, signame):
     while time.time() < deadline and not list(tmp_path.glob("ours_*/tensorboard")):
         time.sleep(0.2)
     time.sleep(3.0)                               # a few steps
-    if signame == "SIGINT":
-        os.killpg(proc.pid, signal.SIGINT)        # the whole process group: main process and workers
+    if group:
+        os.killpg(proc.pid, getattr(signal, signame))   # the whole process group: main process and workers
     else:
-        os.kill(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, getattr(signal, signame))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert "Resume with --resume" in out + err

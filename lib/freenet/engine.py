@@ -2,8 +2,8 @@
 
 Data cycling, the step, a tqdm bar, TensorBoard scalars, ``val_log.txt``, a JSON line per
 evaluation, atomic ``checkpoint.pth``, ``best-oks.pth`` / ``best-pck.pth`` from the student,
-resume from any step, and a clean stop on Ctrl-C (the last finished step is saved; under torchrun
-the ranks agree on the step, within ``log_every`` steps).
+resume from any step, and a clean stop on Ctrl-C or SIGTERM (the last finished step is saved; under
+torchrun the ranks agree on the step).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from freenet.fileio import write_json_atomic, write_text_atomic
 from freenet.optim import OptimizedModel
 
 log = logging.getLogger("freenet")
+T = TypeVar("T")
 
 # TensorBoard tags of the per-part kept pseudo labels (SPEC §9), keyed by logging group.
 PL_TAGS = {"head": "Head_PL", "front": "Front_PL", "back": "Back_PL"}
@@ -131,9 +132,14 @@ class Interrupt:
 
     torchrun forwards both signals to every rank and kills the ranks still running 30 s later
     (``--shutdown-timeout``), so the ranks must leave the loop after the same step, and soon: the
-    next step's all-reduce would wait forever for a rank that left. :meth:`stop_now` decides after
+    next step's all-reduce would wait forever for a rank that left. :meth:`next` decides before
     every step: in one process as soon as the signal came; under torchrun with one host-side
     all-reduce of the flag (:func:`~freenet.distributed.any_rank`), which does not wait for the GPU.
+
+    A scheduler (SLURM at a time limit) sends SIGTERM to every process of the job, loader workers
+    included, and they die of it. Their deaths then mean "stop" too: the DataLoader's SIGCHLD
+    handler, which would raise inside the step being finished, is switched off once a signal has
+    come, and a batch that can no longer be fetched stops the run after the last finished step.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -151,15 +157,35 @@ class Interrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        if hasattr(signal, "SIGCHLD"):
+            # Python runs pending handlers in signal-number order, so a worker's SIGCHLD (17) that is
+            # pending beside this SIGTERM (15) finds the DataLoader's handler already gone.
+            self._previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
         if distributed.is_main():
             tqdm.write(f"{signal.Signals(signum).name} received: finishing this step and saving a checkpoint "
                        "(Ctrl-C again to abort).")
 
-    def stop_now(self, step: int) -> bool:
-        """Whether to stop after ``step`` (0-based); the same answer on every rank."""
+    def stop_now(self) -> bool:
+        """Whether to stop now; the same answer on every rank."""
         if not self.stopping:
             self.stopping = distributed.any_rank(self.requested)
         return self.stopping
+
+    def next(self, fetch: Callable[[], T]) -> T | None:
+        """``fetch()`` (the next step's batch), or None when the run stops before that step: a
+        signal reached some rank, perhaps killing this rank's loader workers (the error of a fetch
+        after a signal means only that)."""
+        try:
+            batch = fetch()
+        except RuntimeError as e:
+            if not self.workers_stopped(e):
+                raise
+            batch = None
+        return None if self.stop_now() else batch
+
+    def workers_stopped(self, error: Exception) -> bool:
+        """Whether ``error`` is the DataLoader's word that its workers died after a signal came."""
+        return self.requested and isinstance(error, RuntimeError) and "DataLoader worker" in str(error)
 
     def __exit__(self, *exc):
         for s, previous in self._previous.items():
@@ -263,8 +289,12 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
     try:
         with Interrupt() as interrupt:
             for step in range(start, loop.end()):
-                batch_l, batch_u = _next_batches(labeled, unlabeled)
-                out = step_fn(step, batch_l, batch_u)
+                batches = interrupt.next(lambda: _next_batches(labeled, unlabeled))
+                if batches is None:     # a signal came during the last step (or its evaluation)
+                    _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
+                    tqdm.write(f"Stopped after step {state.step + 1}. {resume_hint(run)}")
+                    break
+                out = step_fn(step, *batches)
                 window = state.window
                 for k, v in out.items():
                     window[k] = window[k] + v if k in window else v.clone()
@@ -279,11 +309,14 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
                 if loop.is_eval_step(step):
                     state.pending_eval = _window_means(window, state.window_steps)
                     state.window, state.window_steps = {}, 0
-                    _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, extra)
-                if interrupt.stop_now(step):
-                    _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
-                    tqdm.write(f"Stopped after step {step + 1}. {resume_hint(run)}")
-                    break
+                    try:
+                        _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, extra)
+                    except RuntimeError as e:
+                        if not interrupt.workers_stopped(e):
+                            raise
+                        tqdm.write(f"Stopped inside the evaluation after step {step + 1} (a resume evaluates that "
+                                   f"checkpoint first). {resume_hint(run)}")
+                        break
             else:
                 if state.step >= start and not loop.is_eval_step(state.step):
                     # The last steps ran after the last evaluation: keep them too.

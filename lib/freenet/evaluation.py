@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from freenet.data.coco import (DataLayout, in_joint_set_order, keypoint_values, load_coco_json, load_json,
                                normalize_source, require_id)
-from freenet.data.dataset import read_image
+from freenet.data.dataset import init_worker, read_image
 from freenet.data.transforms import normalize_images
 from freenet.config import configured_joint_set
 from freenet.errors import DataError, EvaluationError, from_worker
@@ -671,7 +671,8 @@ class Evaluator:
             size = self.settings.input_size
             cache = torch.empty((n, 3, size, size), dtype=torch.uint8) if self._cache else None
             loader = DataLoader(_Crops(self.records, size), batch_size=bs, shuffle=False,
-                                num_workers=self.settings.workers, pin_memory=device.type == "cuda")
+                                num_workers=self.settings.workers, pin_memory=device.type == "cuda",
+                                worker_init_fn=init_worker)
             start = 0
             try:
                 for crops in loader:

@@ -135,7 +135,9 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
             total = torch.full((), partial_loss, device=device)
             for _ in tqdm(range(done, iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                           initial=done, total=iters_per_epoch, disable=not distributed.is_main()):
-                batch = next(loader)
+                batch = interrupt.next(lambda: next(loader))
+                if batch is None:       # a signal came during the last iteration
+                    break
                 x = normalize_images(batch["ori"].to(device, non_blocking=True))
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     out = model(x)
@@ -143,8 +145,6 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
                 net.update(loss)
                 total += loss.detach()
                 iteration += 1
-                if interrupt.stop_now(iteration - 1):
-                    break
             finished = iteration % iters_per_epoch == 0
             partial_loss = 0.0 if finished else float(total)
             train_loss = float(total) / iters_per_epoch

@@ -98,15 +98,18 @@ def stream_loader(dataset: KeypointDataset, batch_size: int, start_batch: int = 
     sampler = StreamSampler(len(dataset), batch_size, dataset.seed, dataset.stream, start_batch, rank, world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                       pin_memory=pin_memory, persistent_workers=workers > 0,
-                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=_init_worker)
+                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=init_worker)
 
 
-def _init_worker(worker_id: int) -> None:
-    # Ctrl-C is the main process's to handle (it saves a checkpoint, then stops the workers).
-    # SIGTERM is not ignored: the DataLoader stops a stuck worker with it.
+def init_worker(worker_id: int) -> None:
+    """Signals in a DataLoader worker: Ctrl-C is the main process's to handle (it saves a checkpoint,
+    then stops the workers); SIGTERM keeps its default, ending the worker (the DataLoader stops a
+    stuck worker with it; a worker forked inside training must not inherit the main process's
+    handler, :class:`~freenet.engine.Interrupt`)."""
     # (OpenCV's thread pool is left alone: resizing it in a forked worker deadlocks when the parent
     # had used it, e.g. after writing the synthetic data in the same process.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def collate(samples: list[dict]) -> dict:
