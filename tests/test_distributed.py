@@ -64,6 +64,31 @@ def test_average_gradients_is_the_mean_over_ranks(tmp_path):
             assert torch.all(g == 1.5 * (i + 1))     # mean of (1, 2) * (i + 1)
 
 
+def _logged_means_worker(rank, world, port, out):
+    import torch.distributed as dist
+
+    from freenet import distributed
+    from freenet.engine import _window_means
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    window = {"s_loss": torch.tensor(1.0 + 2 * rank), "pl_head": torch.tensor(4 * rank)}   # sums over 2 steps
+    means = _window_means(window, 2)
+    saved = distributed.mean_over_ranks(window["pl_head"])            # what checkpoint.pth keeps
+    torch.save((means, saved), f"{out}/means_{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_logged_losses_and_counts_are_means_over_ranks(tmp_path):
+    """Each rank trains on its own batch: the logged value is the mean over steps and ranks."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_logged_means_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        means, saved = torch.load(tmp_path / f"means_{rank}.pt")
+        assert means == {"s_loss": 1.0, "pl_head": 1.0}      # ((1 + 3) / 2 / 2, (0 + 4) / 2 / 2)
+        assert float(saved) == 2.0                             # sums kept for the resume: (0 + 4) / 2
+
+
 def _interrupt_worker(rank, world, port, out, signum):
     import torch.distributed as dist
 

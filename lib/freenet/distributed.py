@@ -82,6 +82,16 @@ def any_rank(flag: bool) -> bool:
     return bool(value.item())  # a CPU tensor: no device sync
 
 
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The mean of ``t`` over ranks, on its device (logged losses: each rank has its own batch); ``t``
+    itself on one process."""
+    if not is_enabled() or world_size() == 1:
+        return t
+    total = t.clone()
+    dist.all_reduce(total)
+    return total / world_size()
+
+
 def from_main(value):
     """Rank 0's ``value`` (any picklable object) on every rank."""
     if not is_enabled():

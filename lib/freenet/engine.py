@@ -197,7 +197,7 @@ def checkpoint_state(state: TrainState, teacher: OptimizedModel, student: Optimi
     """Everything ``--resume`` needs, with the SPEC §9 key names."""
     return {**teacher.state_dict("teacher"), **student.state_dict("student"), "step": state.step,
             "epoch": state.step // eval_step, "best_oks": state.best_oks, "best_pck": state.best_pck,
-            "loss_window": {k: v.detach().cpu() for k, v in state.window.items()},
+            "loss_window": {k: distributed.mean_over_ranks(v).detach().cpu() for k, v in state.window.items()},
             "loss_window_steps": state.window_steps, "pending_eval": state.pending_eval, **extra}
 
 
@@ -336,8 +336,9 @@ def resume_hint(run: RunDir) -> str:
 
 
 def _window_means(window: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
-    """Mean of each accumulated value, read back with a single device-to-host copy."""
-    values = torch.stack([v.float() for v in window.values()]).div(steps).tolist()
+    """Mean of each accumulated value over the steps and the ranks, read back with a single
+    device-to-host copy."""
+    values = distributed.mean_over_ranks(torch.stack([v.float() for v in window.values()]).div(steps)).tolist()
     return dict(zip(window, values))
 
 
