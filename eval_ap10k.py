@@ -9,18 +9,17 @@ and (for a model) the COCO results ``results.json`` under OUTPUT_DIR.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
-from freenet.cli import USER_ERRORS
+from freenet.cli import USER_ERRORS, Parser
 from freenet.config import load_config
 from freenet.device import usable_cpus
 from freenet.evaluation import evaluate_from_config, format_metrics_table
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description=__doc__.split("\n")[0],
         epilog="Trailing KEY VALUE pairs override the yaml: TEST.MODEL_FILE (the weights), TEST.MODEL_KEY (which "
                "weights inside a training checkpoint; default: the first of teacher_model, student_model, "

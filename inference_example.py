@@ -14,7 +14,7 @@ import sys
 import cv2
 
 from freenet.checkpoint import load_checkpoint
-from freenet.cli import USER_ERRORS, file_path
+from freenet.cli import USER_ERRORS, HelpFormatter, Parser, file_path
 from freenet.data.dataset import read_image
 from freenet.errors import DataError
 from freenet.device import resolve_device
@@ -49,11 +49,12 @@ def prepare_outputs(picture: str, data: str | None) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--image", required=True)
+    p = Parser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--image", required=True, help="picture to read (any format OpenCV reads)")
     p.add_argument("--weights", required=True, help="checkpoint (state_dict or a FreeNet/HRNet checkpoint)")
     p.add_argument("--joints", default=None, help="joint-set name or file (default: inferred from the checkpoint)")
-    p.add_argument("--key", default="", help="checkpoint key holding the weights (default: searched)")
+    p.add_argument("--key", default="", help="checkpoint key holding the weights (default: the first of teacher_model, student_model, "
+                                       "state_dict, model)")
     p.add_argument("--box", type=float, nargs=4, metavar=("X", "Y", "W", "H"), help="animal box (default: whole image)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--size", type=crop_size, default=None,
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
         prepare_outputs(args.out, args.json)
         device = resolve_device(args.device)
         checkpoint = load_checkpoint(args.weights)       # read once: weights, joint set and input size
-        model, joint_set, _ = load_pose_model(args.weights, args.joints, args.key, device, checkpoint)
+        model, joint_set, key = load_pose_model(args.weights, args.joints, args.key, device, checkpoint)
         trained = trained_input_size(checkpoint)
         size = args.size or trained or 256
         if not os.path.isfile(args.image):  # said before OpenCV logs a warning of its own
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result = pose_to_dict(keypoints, scores, joint_set, args.threshold, args.image, args.box)
+    print(f"weights: {args.weights} [{key}], joint set {joint_set.name}")
     print(f"input {size} px" + ("" if args.size or trained else
                                 " (the default: the checkpoint records no training size; --size sets it)"))
     for k in result["keypoints"]:  # printed first: a failed write below loses no prediction

@@ -4,18 +4,22 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import time
 from typing import Callable
 
 import torch
 
+from freenet.cli import HelpFormatter
 from freenet.profiling import dispatched_ops
 
 
 def base_parser(doc: str) -> argparse.ArgumentParser:
     """The flags every benchmark shares; ``--help`` opens with the first paragraph of ``doc``."""
-    p = argparse.ArgumentParser(description=" ".join(doc.strip().split("\n\n")[0].split()))
+    summary = " ".join(doc.strip().split("\n\n")[0].split())
+    summary = re.sub(r" \(SPEC [^)]*\)", "", summary)  # the docstring's citations, for readers of the code
+    p = argparse.ArgumentParser(description=summary, formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--repeat", type=int, default=20, help="timed repetitions")
     p.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")

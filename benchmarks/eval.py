@@ -19,10 +19,10 @@ from freenet.models import PoseHighResolutionNet
 
 def main():
     p = base_parser(__doc__)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--width", type=int, default=32, help="HRNet width")
+    p.add_argument("--size", type=int, default=256, help="input crop side")
     p.add_argument("--images", type=int, default=64, help="union-24 val images (synthetic, 256 px)")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=32, help="images per forward pass")
     p.add_argument("--amp", action="store_true", help="fp16 autocast (CUDA)")
     p.add_argument("--no-fold", action="store_true", help="keep BatchNorm unfolded (Evaluator(..., fold=False))")
     args = p.parse_args()

@@ -17,9 +17,9 @@ from freenet.models import PoseHighResolutionNet, fold_batchnorm
 def main():
     p = base_parser(__doc__)
     p.set_defaults(device="cpu", repeat=10)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--flip", action="store_true")
+    p.add_argument("--width", type=int, default=32, help="HRNet width")
+    p.add_argument("--size", type=int, default=256, help="input crop side")
+    p.add_argument("--flip", action="store_true", help="flip test (two forward passes)")
     p.add_argument("--no-fold", action="store_true", help="keep BatchNorm unfolded (load_pose_model(fold=False))")
     args = p.parse_args()
     device = pick_device(args.device)

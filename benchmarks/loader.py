@@ -39,9 +39,9 @@ def make_images(folder: Path, count: int, rng) -> list[Record]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--images", type=int, default=32)
-    p.add_argument("--samples", type=int, default=300)
+    p.add_argument("--size", type=int, default=256, help="input crop side")
+    p.add_argument("--images", type=int, default=32, help="synthetic JPEGs written to draw from")
+    p.add_argument("--samples", type=int, default=300, help="samples timed per setting")
     args = p.parse_args()
     cv2.setNumThreads(1)  # one loader worker = one core
     js = load_joint_set("union24")

@@ -69,11 +69,11 @@ def fake_step(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--width", type=int, default=32, help="HRNet width")
     p.add_argument("--size", type=int, default=256, help="input crop side")
     p.add_argument("--batch", type=int, default=8, help="labeled batch B")
-    p.add_argument("--mu", type=int, default=7)
-    p.add_argument("--joints", default="union24")
+    p.add_argument("--mu", type=int, default=7, help="unlabeled samples per labeled one")
+    p.add_argument("--joints", default="union24", help="joint set (name or file)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="two-byte autocast (default) or fp32")
     p.add_argument("--peak-tflops", type=float, default=None,

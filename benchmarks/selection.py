@@ -19,8 +19,8 @@ from freenet.schedules import topk_rate
 def main():
     p = base_parser(__doc__)
     p.add_argument("--batch", type=int, default=56, help="unlabeled batch B*mu")
-    p.add_argument("--joints", default="union24")
-    p.add_argument("--heatmap", type=int, default=64)
+    p.add_argument("--joints", default="union24", help="joint set (name or file)")
+    p.add_argument("--heatmap", type=int, default=64, help="heatmap side")
     args = p.parse_args()
     device = pick_device(args.device)
     configure_backends(device)  # what training does (on the CPU: glibc keeps freed buffers)

@@ -67,26 +67,29 @@ def build(args, device):
 
 def main():
     p = base_parser(__doc__)
-    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--width", type=int, default=32, help="HRNet width")
     p.add_argument("--size", type=int, default=256, help="input crop side")
     p.add_argument("--batch", type=int, default=8, help="labeled batch B")
-    p.add_argument("--mu", type=int, default=7)
-    p.add_argument("--joints", default="union24")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--amp-dtype", choices=("fp16", "bf16"), default="fp16")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--mu", type=int, default=7, help="unlabeled samples per labeled one")
+    p.add_argument("--joints", default="union24", help="joint set (name or file)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
+    p.add_argument("--amp-dtype", choices=("fp16", "bf16"), default="fp16", help="autocast dtype of --amp")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format")
     compiling = p.add_mutually_exclusive_group()
     compiling.add_argument("--compile", action="store_true", help="torch.compile both networks")
     compiling.add_argument("--compile-regions", action="store_true",
                            help="torch.compile their blocks in place (freenet.models.compile_regions)")
     p.add_argument("--cuda-graphs", action="store_true", help="time the step replayed from a CUDA graph (CUDA)")
     p.add_argument("--loader", action="store_true", help="also time the real loaders (needs --data-root)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--data-root", default=None, help="data root of --loader (layout: README, Data)")
+    p.add_argument("--workers", type=int, default=8, help="loader processes of --loader")
     p.add_argument("--profile", action="store_true",
                    help="CUDA: GPU busy time and kernel launches per step, and the ops that take the GPU's time")
     args = p.parse_args()
     device = pick_device(args.device)
+    if args.loader and not args.data_root:
+        p.error("--loader needs --data-root (a folder in the layout of README, Data)")
     if args.cuda_graphs and device.type != "cuda":
         p.error(f"--cuda-graphs needs a CUDA device, not {device}")
     configure_backends(device)

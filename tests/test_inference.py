@@ -216,7 +216,9 @@ def test_inference_example_writes_png_and_json(tmp_path, extra, capsys):
     code = _example_main()(["--image", str(TEST_JPG), "--weights", str(tmp_path / "w8.pth"), "--out", str(out),
                             "--json", str(js), "--device", "cpu", "--threshold", "0.0"] + extra)
     assert code == 0
-    assert "input 256 px (the default: the checkpoint records no training size" in capsys.readouterr().out
+    out_lines = capsys.readouterr().out
+    assert f"weights: {tmp_path / 'w8.pth'} [student_model], joint set ap10k" in out_lines
+    assert "input 256 px (the default: the checkpoint records no training size" in out_lines
     picture = cv2.imread(str(out))
     assert picture.shape == cv2.imread(str(TEST_JPG)).shape  # drawn on the original image
     result = json.loads(js.read_text())
@@ -284,7 +286,8 @@ def test_inference_example_size_must_be_a_positive_multiple_of_32(tmp_path, size
         _example_main()(["--image", str(TEST_JPG), "--weights", str(tmp_path / "w8.pth"), "--size", size,
                          "--out", str(tmp_path / "o.png")])
     assert e.value.code == 2
-    assert f"argument --size: must be a positive multiple of 32 (e.g. 64, 256), got {size}" in capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"argument --size: must be a positive multiple of 32 (e.g. 64, 256), got {size}" in err[0]
     assert not (tmp_path / "o.png").exists()
 
 

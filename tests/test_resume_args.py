@@ -171,7 +171,8 @@ def test_a_split_yaml_without_level_asks_for_it():
 def test_step_counts_out_of_range_are_refused_by_flag(flag, value, message, capsys):
     with pytest.raises(SystemExit):
         build_parser(SCRIPTS["train_split_ap10k"]).parse_args(["--level", "0", flag, value])
-    assert f"argument {flag}: {message}" in capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].endswith(f"error: argument {flag}: {message} (--help lists the flags)"), err
     assert build_parser(SCRIPTS["train_split_ap10k"]).parse_args(["--mu", "0"]).mu == 0
 
 
@@ -252,3 +253,22 @@ def test_copy_atomic_copies_and_leaves_no_partial_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         copy_atomic(tmp_path / "missing.pth", tmp_path / "out" / "other.pth")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["base.pth"]
+
+
+def test_the_original_codes_dropped_flags_say_what_to_use_instead(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser(SCRIPTS["train_ap10k_animalpose"]).parse_args(["--best-oks=0.3", "--bogus", "--gpus", "0,1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].endswith(
+        "error: unrecognized arguments: --best-oks=0.3 --bogus --gpus; --best-oks: run state, kept in RUN/best.json; "
+        "--gpus: use --device, CUDA_VISIBLE_DEVICES, or torchrun for several GPUs (--help lists the flags)"), err
+
+
+def test_a_flag_after_the_overrides_is_named():
+    from freenet.cli import config_from_args
+    from freenet.config import ConfigError
+
+    args = build_parser(SCRIPTS["finetune"]).parse_args(["MODEL.WIDTH", "8", "--device", "cpu"])
+    with pytest.raises(ConfigError, match=r"^--device after the KEY VALUE overrides: flags go before them"):
+        config_from_args(args)

@@ -71,6 +71,27 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as every other user error (the usage block of some thirty
+    flags would bury the reason). ``hints`` map a flag the script does not take to what to use."""
+
+    def __init__(self, *args, hints: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hints = hints or {}
+
+    def error(self, message: str):
+        _, _, unknown = message.partition("unrecognized arguments: ")
+        flags = [token.split("=")[0] for token in unknown.split()]
+        advice = [f"{flag}: {hint}" for flag in flags for prefix, hint in self.hints.items() if flag.startswith(prefix)]
+        self.exit(2, f"{self.prog}: error: {'; '.join([message, *advice])} (--help lists the flags)\n")
+
+
+# The original code's training flags not taken over, and what to use instead (README, Training).
+ORIGINAL_FLAGS = {"--gpus": "use --device, CUDA_VISIBLE_DEVICES, or torchrun for several GPUs",
+                  "--fixed-size": "set MODEL.IMAGE_SIZE", "--info": "use --name",
+                  "--uda-steps": "read by nothing in the method", "--best-": "run state, kept in RUN/best.json"}
+
+
 def add_run_args(p: argparse.ArgumentParser, cfg: str, *, needs_level=False, has_split_file=False,
                  sample_ratio: float | None = None) -> None:
     """Flags every training script has (SPEC §10), the setting flags, and trailing KEY VALUE overrides."""

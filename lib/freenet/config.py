@@ -202,6 +202,10 @@ def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
             raise ConfigError(f"{path}: expected a mapping of config keys at the top level ({e})") from e
         sources.append(str(path))
     if opts:
+        flags = [o for o in opts[::2] if str(o).startswith("-")]
+        if flags:
+            raise ConfigError(f"{flags[0]} after the KEY VALUE overrides: flags go before them "
+                              f"(e.g. --device cpu MODEL.WIDTH 8)")
         if len(opts) % 2:
             raise ConfigError(f"overrides must be KEY VALUE pairs, got {list(opts)}")
         try:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from freenet import distributed
 from freenet.checkpoint import CheckpointError, atomic_save, check_compatible, load_checkpoint
-from freenet.cli import (POSITIVE, HelpFormatter, add_run_args, file_path, parse_run_args, run_main,
+from freenet.cli import (POSITIVE, HelpFormatter, Parser, add_run_args, file_path, parse_run_args, run_main,
                          setup_run)
 from freenet.config import ConfigError
 from freenet.data.dataset import KeypointDataset, stream_loader
@@ -46,7 +46,7 @@ eval_ap10k.py every --eval-every epochs and writes best.pth: a plain state_dict 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = Parser(description=DESCRIPTION, formatter_class=HelpFormatter)
     a = p.add_argument
     a("--epochs", type=POSITIVE, default=None, help="default: TRAIN.END_EPOCH of the yaml")
     a("--batch-size", type=POSITIVE, default=None, help="default: TRAIN.BATCH_SIZE_PER_GPU of the yaml")

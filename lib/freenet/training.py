@@ -16,7 +16,8 @@ import torch
 
 from freenet import distributed
 from freenet.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_model_weights
-from freenet.cli import NON_NEGATIVE, POSITIVE, HelpFormatter, add_run_args, parse_run_args, run_main, setup_run
+from freenet.cli import (NON_NEGATIVE, ORIGINAL_FLAGS, POSITIVE, HelpFormatter, Parser, add_run_args,
+                         parse_run_args, run_main, setup_run)
 from freenet.config import ConfigError
 from freenet.cuda_graphs import GraphedStep
 from freenet.data.dataset import KeypointDataset, stream_loader
@@ -80,9 +81,9 @@ RELEASED_BASE_NETWORKS = {
 
 
 def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=d.description, formatter_class=HelpFormatter,
-                                epilog="Trailing KEY VALUE pairs override the yaml, e.g. MODEL.WIDTH 8 "
-                                       "MODEL.IMAGE_SIZE [64,64] MODEL.HEATMAP_SIZE [16,16]")
+    p = Parser(description=d.description, formatter_class=HelpFormatter, hints=ORIGINAL_FLAGS,
+               epilog="Trailing KEY VALUE pairs override the yaml, e.g. MODEL.WIDTH 8 MODEL.IMAGE_SIZE [64,64] "
+                      "MODEL.HEATMAP_SIZE [16,16]; flags go before them")
     a = p.add_argument
     a("--total-steps", type=POSITIVE, default=120000, help="length of the run and of the LR schedule")
     a("--eval-step", type=POSITIVE, default=5, help="evaluate and checkpoint every N steps")
@@ -133,7 +134,7 @@ def load_student_init(model: torch.nn.Module, path: Path, required: bool = False
     if not path.is_file():
         if required:
             raise CheckpointError(f"{path}: --student-weights not found (leave the flag out to start from "
-                                  f"{STUDENT_INIT} if present, else from random weights)")
+                                  f"{STUDENT_INIT} of --pretrained-model-path if present, else from random weights)")
         log.warning("student init %s not found: the adaptation network starts from random weights", path)
         return
     state, _ = extract_state_dict(load_checkpoint(path), "", str(path))
