@@ -136,6 +136,9 @@ def test_bad_joint_set_files_name_the_field(tmp_path):
         load_joint_set(broken)
     with pytest.raises(FileNotFoundError, match="no joint set 'nope'"):
         load_joint_set("nope")
+    with pytest.raises(FileNotFoundError, match=r"^\S*gone\.json: joint-set file not found \(or give a bundled "
+                                                r"name: animalpose, .*union24\)$"):
+        load_joint_set(tmp_path / "gone.json")
     authors = tmp_path / "ap_10k_keypoints_format.json"      # the layout of the authors' info/ files
     authors.write_text(json.dumps({"keypoints": good["joints"], "flip_pairs": good["flip_pairs"],
                                    "kps_weights": [1.0] * 17}))

@@ -190,8 +190,11 @@ def parse_joint_set(data: dict, path: str = "<dict>") -> JointSet:
 def joint_set_path(name_or_path: str | os.PathLike) -> Path:
     """A bundled name (``ap10k``, ``union24``...) or a path to a joint-set JSON file."""
     p = Path(name_or_path)
-    if p.suffix == ".json" or p.exists():
+    if p.exists():
         return p
+    if p.suffix == ".json":
+        raise FileNotFoundError(f"{p}: joint-set file not found (or give a bundled name: "
+                                f"{', '.join(available_joint_sets())})")
     bundled = JOINTS_DIR / f"{name_or_path}.json"
     if not bundled.exists():
         known = ", ".join(available_joint_sets())
