@@ -79,7 +79,7 @@ def loss(pred, target, mask, weights):
 
 def freenet_step(step, teacher, student, t_opt, s_opt, t_sched, s_sched, labeled, unlabeled, joint_set, hyper,
                  normalize):
-    """SPEC §6, literally, on the CPU in fp32."""
+    """SPEC §6, literally, on the CPU in fp32. Returns both losses and the kept pseudo labels (B·mu, J)."""
     weights = torch.tensor(joint_set.loss_weights)
     groups = [g.joints for g in joint_set.part_groups]
     ratios = [g.min_ratio for g in joint_set.part_groups]
@@ -118,4 +118,4 @@ def freenet_step(step, teacher, student, t_opt, s_opt, t_sched, s_sched, labeled
     t_loss.backward()
     t_opt.step()
     t_sched.step()
-    return s_loss.detach(), t_loss.detach()
+    return s_loss.detach(), t_loss.detach(), pl_mask

@@ -30,7 +30,7 @@ from freenet.errors import EvaluationError
 from freenet.evaluation import (METRIC_KEYS, EvalSettings, Evaluator, box_centre_scale, coco_keypoint_metrics,
                                 crop_matrices, decode_heatmaps, eval_records, flip_back, format_metrics_table,
                                 gt_heatmap_peaks, heatmap_to_image, instance_scores, keypoint_oks, oks_nms, pck,
-                                val_data, warp_crop)
+                                pck_summary, val_data, warp_crop)
 from freenet.heatmaps import encode_keypoints, render_gaussians
 from freenet.joints import JointSetError, load_joint_set
 from freenet.models import PoseHighResolutionNet
@@ -150,6 +150,15 @@ def test_oks_nms_keeps_the_best_of_near_duplicates_per_image():
     assert oks_nms(image_ids[:0], kps[:0], scores[:0], areas[:0], sigmas).tolist() == []
 
 
+def test_oks_nms_suppresses_only_above_the_threshold():
+    """Suppressed when OKS > threshold: identical detections (OKS exactly 1) both survive 1.0."""
+    sigmas = np.full(2, 0.1)
+    kps = np.array([[[100.0, 100.0], [150.0, 120.0]]] * 2)
+    areas = np.full(2, 100.0 ** 2)
+    assert keypoint_oks(kps[0], kps[1], 1e4, 1e4, sigmas) == 1.0
+    assert oks_nms(np.array([5, 5]), kps, np.array([0.9, 0.8]), areas, sigmas, 1.0).tolist() == [0, 1]
+
+
 def test_pck_counts_strictly_within_3_2_heatmap_px_and_pools_over_the_set():
     gt = np.zeros((3, 2, 2))
     gt[:, :] = [20, 20]
@@ -179,6 +188,27 @@ def test_gt_heatmap_peaks_follow_the_encoding_and_drop_off_map_joints():
     # the same rule as the training encoding (§5.1)
     crop = kps[0, :3] - 100.0 + 128
     assert encode_keypoints(crop, vis[0, :3])[1].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_gt_heatmap_peaks_centre_the_crop_at_input_size_over_2():
+    """The box centre lands on u = input_size / 2 = 128, not 127.5 (the crop matrices' convention)."""
+    centres, scales = np.array([[100.0, 100.0]]), np.array([1.28])  # k = 256 / (200 * 1.28) = 1
+    kps = np.array([[[102.0, 100.0]]])
+    peaks, valid = gt_heatmap_peaks(kps, np.array([[2.0]]), centres, scales, 256, 64)
+    # u = 128 + 2 = 130 -> int(130 / 4 + 0.5) = int(33.0) = 33 (from 127.5: int(32.875) = 32)
+    assert peaks[0, 0].tolist() == [33, 32] and valid[0].tolist() == [True]
+
+
+def test_pck_summary_means_over_whole_part_groups():
+    """PCK_parts average every joint of each AP-10K group (face 0-2, front 5-10, back 4 + 11-16, exclusive 3)."""
+    summary = pck_summary(np.arange(17) / 16, load_joint_set("ap10k"))
+    assert summary["PCK"] == pytest.approx(0.5)                       # mean of 0..16 is 8
+    parts = summary["PCK_parts"]
+    assert parts["face"] == pytest.approx(1 / 16)                     # (0 + 1 + 2) / 3
+    assert parts["front"] == pytest.approx(7.5 / 16)                  # (5 + ... + 10) / 6
+    assert parts["back"] == pytest.approx(85 / 112)                   # (4 + 11 + ... + 16) / 7 / 16
+    assert parts["exclusive"] == pytest.approx(3 / 16)
+    assert summary["PCK_joints"][16] == 1.0
 
 
 def test_empty_and_scoreless_results_give_zero_metrics():
@@ -602,6 +632,25 @@ def test_evaluator_folds_batchnorm_without_changing_the_predictions():
     assert np.array_equal(peak, peak_ref) and np.ptp(peak_ref, axis=(0, 1)).max() > 0
     assert np.allclose(kp, kp_ref, rtol=0, atol=1e-3) and np.allclose(score, score_ref, rtol=1e-4, atol=0)
     assert model.training
+
+
+@needs_data
+def test_flip_average_halves_the_sum():
+    """The flip test averages the output and the flipped-back mirrored output (SPEC §11.3)."""
+    evaluator = Evaluator(MMPOSE / "ap10k" / "test_ap10k.json", MMPOSE / "ap10k", "ap10k", check_images=False)
+    # constant maps stay constant through flip_back (mirror, channel swap, one-column shift)
+    out = evaluator.flip_average(torch.ones(1, 17, 64, 64), torch.full((1, 17, 64, 64), 3.0))
+    assert torch.equal(out, torch.full((1, 17, 64, 64), 2.0))
+
+
+@needs_data
+def test_evaluator_scores_with_the_protocols_sigmas():
+    """--protocol freenet scores with the paper's sigma list, not the standard one."""
+    js = load_joint_set("ap10k")
+    evaluator = Evaluator(MMPOSE / "ap10k" / "test_ap10k.json", MMPOSE / "ap10k", js,
+                          EvalSettings(protocol="freenet"), check_images=False)
+    assert np.array_equal(evaluator.sigmas, js.sigmas_for("freenet"))
+    assert not np.array_equal(js.sigmas_for("freenet"), js.sigmas_for("standard"))
 
 
 def test_protocols_pick_the_sigma_lists():

@@ -141,6 +141,30 @@ def test_quarter_offset():
     assert out[0, 2].tolist() == [62.25, 30.0]
 
 
+def test_argmax_zero_peak_is_not_positive():
+    """Coordinates are (0, 0) where the peak is <= 0, a peak of exactly 0 included."""
+    hm = torch.full((1, 1, 8, 10), -1.0)
+    hm[0, 0, 4, 6] = 0.0          # the maximum, away from (0, 0) so a kept argmax would show
+    coords, maxvals = argmax_keypoints(hm)
+    assert coords[0, 0].tolist() == [0.0, 0.0] and maxvals[0, 0] == 0.0
+
+
+def test_quarter_offset_strict_bounds_at_the_far_edges():
+    """Refined only where 1 < x < W-1 and 1 < y < H-1: on a 64 map 62 is refined, 63 is not."""
+    hm = torch.zeros(1, 3, 64, 64)
+    hm[0, 0, 30, 63] = 1.0
+    hm[0, 0, 30, 62] = 0.5        # x = 63 = W - 1: left alone (a gather there would move it)
+    hm[0, 1, 63, 30] = 1.0
+    hm[0, 1, 62, 30] = 0.5        # y = 63 = H - 1: the same in y
+    hm[0, 2, 62, 30] = 1.0
+    hm[0, 2, 63, 30] = 0.5        # y = 62 = H - 2 < 63: refined toward the lower neighbour
+    coords, _ = argmax_keypoints(hm)
+    out = refine_quarter_offset(hm, coords)
+    assert out[0, 0].tolist() == [63.0, 30.0]
+    assert out[0, 1].tolist() == [30.0, 63.0]
+    assert out[0, 2].tolist() == [30.0, 62.25]
+
+
 # ---------------------------------------------------------------- weighted_heatmap_mse (SPEC §5.4)
 
 def test_weighted_mse_hand_values():

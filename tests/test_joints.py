@@ -90,6 +90,20 @@ def test_maps_from_the_official_names_in_real_files(shared_data):
     assert mm[mm_names.index("L_EarBase")] == 17 and (mm >= 0).all()
 
 
+@pytest.mark.parametrize("union", ["union21", "union24"])
+def test_every_source_flips_the_joints_its_union_flips(union):
+    """A source's flip pairs (its own flip augmentation and flip test) are exactly the union's flip
+    pairs read through its map (SPEC §2.3, §2.4): TigDog's shoulders, for one, are union24's 22/23."""
+    u = load_joint_set(union)
+    union_pairs = {frozenset(p) for p in u.flip_pairs}
+    for name, smap in u.sources.items():
+        source = load_joint_set(smap.joint_set)
+        to_union = dict(smap.pairs)
+        mapped = {frozenset((to_union[a], to_union[b])) for a, b in source.flip_pairs}
+        covered = {p for p in union_pairs if p <= set(to_union.values())}   # both sides annotated by the source
+        assert mapped == covered, name
+
+
 def test_mmpose_animalpose_set_is_a_permutation_of_the_freenet_order():
     fn, mm = load_joint_set("animalpose"), load_joint_set("animalpose_mmpose")
     perm = map_by_name(mm.joints, fn.joints)

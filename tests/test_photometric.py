@@ -122,6 +122,15 @@ def test_contrast_blends_towards_mean_gray():
     assert set(np.unique(out[:, :2])) == {5} and set(np.unique(out[:, 2:])) == {195}
 
 
+def test_contrast_rounds_the_mean_gray_half_up():
+    """PIL rounds the mean grey with int(mean + 0.5): a mean of 100.5 blends toward 101."""
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[2:] = 201                 # grey pixels: L = 201 exactly, so the L mean is (0 + 201) / 2 = 100.5
+    assert cv2.mean(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))[0] == 100.5
+    # factor 0: every level maps to the degenerate image's single level
+    np.testing.assert_array_equal(P.contrast(img, factor=0.0), constant(101, 4, 4))
+
+
 def test_auto_contrast_stretches_each_channel():
     img = np.zeros((2, 3, 3), np.uint8)
     img[..., 0] = [[50, 75, 100], [60, 50, 100]]

@@ -145,9 +145,11 @@ def test_three_steps_match_the_reference_step(device, exact_cuda):
         start_buffers = [b.clone() for b in list(r_teacher.buffers()) + list(r_student.buffers())]
         labeled, unlabeled = batch(2, 10 + step), batch(4, 20 + step, with_target=False)
         out = fast(step, labeled, unlabeled)
-        s_loss, t_loss = ref.freenet_step(step, r_teacher, r_student, t_opt, s_opt, t_sched, s_sched, labeled,
-                                          unlabeled, U24, hyper, normalize_images)
-        assert sum(float(out[f"pl_{g}"]) for g in ("head", "front", "back")) > 0    # §6.4 is exercised
+        s_loss, t_loss, pl_mask = ref.freenet_step(step, r_teacher, r_student, t_opt, s_opt, t_sched, s_sched,
+                                                   labeled, unlabeled, U24, hyper, normalize_images)
+        assert pl_mask.sum() > 0                                                     # §6.4 is exercised
+        for group, joints in U24.logging_groups.items():    # PL_kp_num (§9): pseudo labels kept per group
+            assert float(out[f"pl_{group}"]) == float(pl_mask[:, list(joints)].sum()), group
         torch.testing.assert_close(out["s_loss"].cpu(), s_loss, rtol=tol["loss"], atol=1e-7)
         torch.testing.assert_close(out["t_loss"].cpu(), t_loss, rtol=tol["loss"], atol=1e-7)
         fast_params = [p.detach().cpu() for p in list(teacher.parameters()) + list(student.parameters())]

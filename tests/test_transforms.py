@@ -46,8 +46,51 @@ def test_half_body_box():
     np.testing.assert_allclose(up, [7.5, 5, 15, 30])  # bbox x 10..20, y 10..30 enlarged 1.5x about (15, 20)
     low = half_body_box(kps, visible, js.upper_body, Coin(0.9))
     np.testing.assert_allclose(low, [110 - 15, 120 - 30, 30, 60])
+    np.testing.assert_allclose(half_body_box(kps, visible, js.upper_body, Coin(0.4999)), up)   # p 0.5 each
+    np.testing.assert_allclose(half_body_box(kps, visible, js.upper_body, Coin(0.5)), low)
+    thin = kps.copy()
+    thin[[0, 1, 2]] = [[10, 10], [11, 20], [10.5, 30]]     # a box exactly 1 wide is too thin
+    assert half_body_box(thin, visible, js.upper_body, Coin(0.1)) is None
+    thin[1, 0] = 11.01
+    assert half_body_box(thin, visible, js.upper_body, Coin(0.1)) is not None
     visible[2] = False                                      # only two upper joints left
     assert half_body_box(kps, visible, js.upper_body, Coin(0.1)) is None
+
+
+class ScriptedRng:
+    """Stands in for the sample's Generator: ``random()`` returns the scripted draws in turn; scale 1,
+    no rotation."""
+
+    def __init__(self, *draws):
+        self.draws = list(draws)
+
+    def random(self):
+        return self.draws.pop(0)
+
+    def uniform(self, low, high):
+        return 1.0
+
+    def integers(self, low, high):
+        return 0
+
+
+@pytest.mark.parametrize("draws, half", [((0.29, 0.1, 0.9), True), ((0.3, 0.9), False), ((0.5, 0.9), False)])
+def test_half_body_crop_with_p_0_3_boxes_the_visible_joints_only(draws, half):
+    """The half-body crop comes with p 0.3 (draw < 0.3) and boxes the half's *visible* joints: the
+    unannotated joints at (0, 0) do not stretch the box (SPEC §4)."""
+    js = load_joint_set("ap10k")
+    kps = np.zeros((17, 2))
+    kps[[0, 1, 2]] = [[10, 10], [20, 12], [14, 30]]      # the only annotated joints: upper body
+    vis = np.zeros(17)
+    vis[[0, 1, 2]] = 2
+    box = np.array([0.0, 0.0, 200.0, 100.0])
+    cfg = AugmentConfig(input_size=64, heatmap_size=16, photometric=False, half_body_prob=0.3, flip_prob=0.5)
+    rng = ScriptedRng(*draws)
+    out = TwoViewTransform(js, cfg, with_aug=False)(np.zeros((120, 220, 3), np.uint8), box, kps, vis, rng)
+    expected_box = np.array([7.5, 5, 15, 30]) if half else box
+    expected = apply_matrix(crop_matrix(expected_box, 1.0, 0, 64), kps)
+    np.testing.assert_allclose(out["joints"].numpy(), expected, atol=1e-4)
+    assert not rng.draws                                    # every scripted draw was taken, no more
 
 
 def painted_sample(shared_data):
