@@ -53,8 +53,8 @@ def main(argv=None) -> int:
     p.add_argument("--image", required=True, help="picture to read (any format OpenCV reads)")
     p.add_argument("--weights", required=True, help="checkpoint (state_dict or a FreeNet/HRNet checkpoint)")
     p.add_argument("--joints", default=None, help="joint-set name or file (default: inferred from the checkpoint)")
-    p.add_argument("--key", default="", help="checkpoint key holding the weights (default: the first of teacher_model, student_model, "
-                                       "state_dict, model)")
+    p.add_argument("--key", default="", help="checkpoint key holding the weights (default: the first of "
+                                             "teacher_model, student_model, state_dict, model)")
     p.add_argument("--box", type=float, nargs=4, metavar=("X", "Y", "W", "H"), help="animal box (default: whole image)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--size", type=crop_size, default=None,

@@ -63,10 +63,10 @@ def file_path(text: str) -> str:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` shows each flag's default, except where there is none (None, or a switch that is off)."""
+    """``--help`` shows each flag's default, except where there is none (None, '', or a switch that is off)."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+        if action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS):
             return action.help
         return super()._get_help_string(action)
 
