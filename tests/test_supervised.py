@@ -142,10 +142,10 @@ def test_interrupt_inside_an_epoch_or_stop_epoch_resumes_where_it_stopped(synthe
             return False
 
         def stop_now(self):
-            self.requested = len(calls) == 3
+            self.requested = len(calls) == stop_after[0]
             return super().stop_now()
 
-    calls = []
+    calls, stop_after = [], [3]
     loss = sup.weighted_heatmap_mse
 
     def counting_loss(*a):
@@ -169,6 +169,18 @@ def test_interrupt_inside_an_epoch_or_stop_epoch_resumes_where_it_stopped(synthe
         assert torch.equal(tensor, b["model"][name]), name
     lines = [(d / "metrics.jsonl").read_text() for d in (next((tmp_path / "straight").iterdir()), run)]
     assert lines[0] == lines[1]                                  # same losses and scores per epoch
+
+    # Ctrl-C during the last iteration of the first epoch: that epoch is evaluated once, and the run
+    # stops before the second epoch's first iteration
+    calls.clear()
+    stop_after[0] = a["iteration"] // 2
+    monkeypatch.setattr(sup, "Interrupt", CtrlC)
+    monkeypatch.setattr(sup, "weighted_heatmap_mse", counting_loss)
+    assert supervised_main(args(tmp_path / "boundary")) == 0
+    monkeypatch.undo()
+    edge = next((tmp_path / "boundary").iterdir())
+    assert torch.load(edge / "checkpoint.pth", weights_only=False)["iteration"] == a["iteration"] // 2
+    assert (edge / "metrics.jsonl").read_text() == lines[0].splitlines(keepends=True)[0]
 
     # --stop-epoch: the same run cut after its first epoch (job time limits), then resumed
     capsys.readouterr()

@@ -146,7 +146,7 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
                 total += loss.detach()
                 iteration += 1
             total = distributed.mean_over_ranks(total)         # the logged loss is the mean over ranks
-            finished = iteration % iters_per_epoch == 0
+            finished = iteration == (epoch + 1) * iters_per_epoch   # not when stopped before its first iteration
             partial_loss = 0.0 if finished else float(total)
             train_loss = float(total) / iters_per_epoch
             last = epoch == epochs - 1
