@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -241,4 +242,9 @@ def run_main(fn: Callable[[], object]) -> int:
         return 1
     finally:
         distributed.shutdown()
+        # A failed run's data loaders can outlive it in reference cycles through the traceback (a
+        # worker's error, re-raised, refers to itself). Collected here, they stop their workers
+        # cleanly; left to the interpreter's exit, the workers are terminated first, which the
+        # DataLoader reports as a crash after the one-line error.
+        gc.collect()
     return 0
