@@ -386,9 +386,12 @@ def test_a_loader_worker_forked_during_training_leaves_signals_to_the_main_proce
     from freenet.data.dataset import init_worker
     from freenet.engine import Interrupt
 
+    def first(**kwargs):    # (forked, as the DataLoader's workers are on Linux)
+        return next(iter(torch.utils.data.DataLoader(_WorkerSignals(), num_workers=1, multiprocessing_context="fork",
+                                                     **kwargs)))
+
     with Interrupt():
-        inherited = next(iter(torch.utils.data.DataLoader(_WorkerSignals(), num_workers=1)))
-        reset = next(iter(torch.utils.data.DataLoader(_WorkerSignals(), num_workers=1, worker_init_fn=init_worker)))
+        inherited, reset = first(), first(worker_init_fn=init_worker)
     assert inherited.tolist() == [[False, False]] and reset.tolist() == [[True, True]]
 
 
