@@ -183,9 +183,9 @@ class Interrupt:
             batch = None
         return None if self.stop_now() else batch
 
-    def workers_stopped(self, error: Exception) -> bool:
+    def workers_stopped(self, error: RuntimeError) -> bool:
         """Whether ``error`` is the DataLoader's word that its workers died after a signal came."""
-        return self.requested and isinstance(error, RuntimeError) and "DataLoader worker" in str(error)
+        return self.requested and "DataLoader worker" in str(error)
 
     def __exit__(self, *exc):
         for s, previous in self._previous.items():
