@@ -183,7 +183,10 @@ def test_step_counts_out_of_range_are_refused_by_flag(flag, value, message, caps
                                            ("FREENET:\n  EVAL_SCHEDULE: [[100]]\n", "FREENET.EVAL_SCHEDULE"),
                                            ("FREENET:\n  EVAL_SCHEDULE: [[100, 0]]\n", "integers >= 1"),
                                            ("MODEL:\n", "MODEL is a section of keys, got nothing"),
-                                           ("MODEL:\n  WIDTH: abc\n", "MODEL.WIDTH must be of type int, got 'abc'")])
+                                           ("MODEL:\n  WIDTH: abc\n", "MODEL.WIDTH must be of type int, got 'abc'"),
+                                           ("DATASET:\n  SOURCES: [ap10k, atrw]\n",
+                                            "DATASET.SOURCES 'atrw' is not a dataset of the data layout (one of ap10k, "),
+                                           ("DATASET:\n  DATASET: atrw\n", "DATASET.DATASET 'atrw' is not a dataset")])
 def test_a_yaml_that_cannot_be_honoured_is_a_config_error_naming_the_file(tmp_path, text, message):
     from freenet.config import ConfigError, load_config
 
@@ -195,6 +198,10 @@ def test_a_yaml_that_cannot_be_honoured_is_a_config_error_naming_the_file(tmp_pa
     assert load_config(None, ["FREENET.EVAL_SCHEDULE", "[[100, 5]]"]).FREENET.EVAL_SCHEDULE == [[100, 5]]
     with pytest.raises(ConfigError, match="^command-line override: MODEL is a section of keys, got a single value$"):
         load_config(None, ["MODEL", "3"])
+    # a dataset name the layout does not know is fine where a file replaces the layout
+    own = load_config(None, ["DATASET.SOURCES", "['atrw']", "DATASET.TRAIN_FILE", "a.json",
+                             "DATASET.DATASET", "atrw", "DATASET.VAL_ANN_FILE", "b.json"])
+    assert own.DATASET.SOURCES == ["atrw"]
 
 
 def test_text_keys_keep_text_that_reads_as_a_number():

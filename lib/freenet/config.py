@@ -135,12 +135,23 @@ FIXED_VALUES = {
 
 
 def check_config(cfg: CN, source: str) -> None:
-    """Values the code cannot honour (:data:`FIXED_VALUES`) and a malformed FREENET.EVAL_SCHEDULE
-    raise :class:`ConfigError` naming the key and ``source`` (the yaml and/or the overrides)."""
+    """Values the code cannot honour (:data:`FIXED_VALUES`), dataset names the data layout does not
+    know and a malformed FREENET.EVAL_SCHEDULE raise :class:`ConfigError` naming the key and
+    ``source`` (the yaml and/or the overrides)."""
     for key, (value, why) in FIXED_VALUES.items():
         node, leaf = key.split(".")
         if cfg[node][leaf] != value:
             raise ConfigError(f"{source}: {key} {cfg[node][leaf]!r} is not supported ({value!r}: {why})")
+    from freenet.data.coco import DATASETS
+
+    named = [("DATASET.DATASET", cfg.DATASET.DATASET)] if not cfg.DATASET.VAL_ANN_FILE else []
+    if not cfg.DATASET.TRAIN_FILE:
+        named += [("DATASET.SOURCES", name) for name in cfg.DATASET.SOURCES]
+    for key, name in named:
+        if name not in DATASETS:
+            raise ConfigError(f"{source}: {key} {name!r} is not a dataset of the data layout (one of "
+                              f"{', '.join(DATASETS)}); other COCO files come in through DATASET.TRAIN_FILE and "
+                              "DATASET.VAL_ANN_FILE (README, 'Your own data')")
     schedule = cfg.FREENET.EVAL_SCHEDULE
     if not all(isinstance(e, (list, tuple)) and len(e) == 2 and all(isinstance(v, int) and v >= 1 for v in e)
                for e in schedule):
