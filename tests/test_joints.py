@@ -141,6 +141,12 @@ def test_bad_joint_set_files_name_the_field(tmp_path):
         bad = dict(good, **{field: value})
         with pytest.raises(JointSetError, match=f"bad.json: field '{expect}'"):
             parse_joint_set(bad, "bad.json")
+    misspelt = dict(good, logging_group={"head": [0]})
+    with pytest.raises(JointSetError, match="bad.json: field 'logging_group': unknown field"):
+        parse_joint_set(misspelt, "bad.json")
+    extra = dict(good, part_groups=[dict(good["part_groups"][0], min_conf=0.3)])
+    with pytest.raises(JointSetError, match=r"field 'part_groups\.face\.min_conf': unknown field"):
+        parse_joint_set(extra, "bad.json")
     missing = {k: v for k, v in good.items() if k != "part_groups"}
     with pytest.raises(JointSetError, match="part_groups"):
         parse_joint_set(missing, "bad.json")

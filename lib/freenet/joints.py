@@ -129,6 +129,18 @@ def _pairs(path, key, values, n_left, n_right=None):
     return tuple((p[0], p[1]) for p in values)
 
 
+# The fields of a joint-set file; any other is refused (a misspelt optional field would otherwise
+# be silently ignored).
+REQUIRED_FIELDS = ("name", "joints", "flip_pairs", "loss_weights", "upper_body", "sigmas", "part_groups")
+OPTIONAL_FIELDS = ("lower_body", "sigmas_freenet", "skeleton", "logging_groups", "sources", "description")
+
+
+def _no_unknown(path, prefix, data, known):
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise _err(path, prefix + str(unknown[0]), f"unknown field (the fields here: {', '.join(known)})")
+
+
 def _float_list(path, key, values, n):
     if not isinstance(values, list) or len(values) != n or not all(isinstance(v, (int, float)) for v in values):
         raise _err(path, key, f"expected {n} numbers (one per joint)")
@@ -143,9 +155,10 @@ def parse_joint_set(data: dict, path: str = "<dict>") -> JointSet:
         raise JointSetError(f"{path}: an original FreeNet keypoints-format file (field 'keypoints'), not a joint set: "
                             f"name a bundled set ({', '.join(available_joint_sets())}) or a file in the layout of "
                             f"resources/joints/*.json")
-    for key in ("name", "joints", "flip_pairs", "loss_weights", "upper_body", "sigmas", "part_groups"):
+    for key in REQUIRED_FIELDS:
         if key not in data:
             raise _err(path, key, "missing")
+    _no_unknown(path, "", data, REQUIRED_FIELDS + OPTIONAL_FIELDS)
     names = data["joints"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise _err(path, "joints", "expected a non-empty list of joint names")
@@ -156,12 +169,14 @@ def parse_joint_set(data: dict, path: str = "<dict>") -> JointSet:
     for g in data["part_groups"]:
         if not isinstance(g, dict) or not {"name", "joints", "min_ratio"} <= set(g):
             raise _err(path, "part_groups", "each group needs 'name', 'joints' and 'min_ratio'")
+        _no_unknown(path, f"part_groups.{g['name']}.", g, ("name", "joints", "min_ratio"))
         joints = _index_list(path, "part_groups", g["joints"], n)
         groups.append(PartGroup(str(g["name"]), joints, float(g["min_ratio"])))
     sources = {}
     for src, spec in data.get("sources", {}).items():
         if not isinstance(spec, dict) or "map" not in spec:
             raise _err(path, f"sources.{src}", "expected {'joint_set': ..., 'map': [[source, union], ...]}")
+        _no_unknown(path, f"sources.{src}.", spec, ("joint_set", "map"))
         pairs = _pairs(path, f"sources.{src}.map", spec["map"], 10 ** 6, n)
         sources[src] = SourceMap(str(spec.get("joint_set", src)), pairs)
     upper = _index_list(path, "upper_body", data["upper_body"], n)
