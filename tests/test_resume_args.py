@@ -167,13 +167,26 @@ def test_a_split_yaml_without_level_asks_for_it():
 @pytest.mark.parametrize("flag, value, message", [("--eval-step", "0", "must be at least 1, got 0"),
                                                   ("--down-step", "-3", "must be at least 1, got -3"),
                                                   ("--mu", "-1", "must be at least 0, got -1"),
-                                                  ("--batch-size", "two", "expected an integer, got 'two'")])
-def test_step_counts_out_of_range_are_refused_by_flag(flag, value, message, capsys):
+                                                  ("--batch-size", "two", "expected an integer, got 'two'"),
+                                                  ("--grad-clip", "-1", "must be > 0, got -1"),
+                                                  ("--teacher_lr=", "-1e-5", "must be >= 0, got -1e-5"),
+                                                  ("--student_lr", "nan", "must be >= 0, got nan"),
+                                                  ("--feedback-weight", "two", "expected a number, got 'two'"),
+                                                  ("--seed", "-1", "must be at least 0, got -1")])
+def test_numbers_out_of_range_are_refused_by_flag(flag, value, message, capsys):
     with pytest.raises(SystemExit):
-        build_parser(SCRIPTS["train_split_ap10k"]).parse_args(["--level", "0", flag, value])
+        build_parser(SCRIPTS["train_split_ap10k"]).parse_args(["--level", "0"] + (
+            [flag + value] if flag.endswith("=") else [flag, value]))
     err = capsys.readouterr().err.splitlines()
+    flag = flag.rstrip("=")
     assert len(err) == 1 and err[0].endswith(f"error: argument {flag}: {message} (--help lists the flags)"), err
     assert build_parser(SCRIPTS["train_split_ap10k"]).parse_args(["--mu", "0"]).mu == 0
+    ratio = build_parser(SCRIPTS["train_ap10k_animalpose"])
+    assert ratio.parse_args(["--sample-ratio", "1", "--grad-clip", "0.5"]).grad_clip == 0.5
+    with pytest.raises(SystemExit):
+        ratio.parse_args(["--sample-ratio", "1.5"])
+    assert capsys.readouterr().err.splitlines()[0].endswith("--sample-ratio: must be in [0, 1], got 1.5 "
+                                                             "(--help lists the flags)")
 
 
 @pytest.mark.parametrize("text, message", [("SEED: [1\n", "not valid YAML"),
@@ -186,7 +199,15 @@ def test_step_counts_out_of_range_are_refused_by_flag(flag, value, message, caps
                                            ("MODEL:\n  WIDTH: abc\n", "MODEL.WIDTH must be of type int, got 'abc'"),
                                            ("DATASET:\n  SOURCES: [ap10k, atrw]\n",
                                             "DATASET.SOURCES 'atrw' is not a dataset of the data layout (one of ap10k, "),
-                                           ("DATASET:\n  DATASET: atrw\n", "DATASET.DATASET 'atrw' is not a dataset")])
+                                           ("DATASET:\n  DATASET: atrw\n", "DATASET.DATASET 'atrw' is not a dataset"),
+                                           ("MODEL:\n  SIGMA: 0.0\n", "MODEL.SIGMA 0.0 must be > 0"),
+                                           ("MODEL:\n  WIDTH: 0\n", "MODEL.WIDTH 0 must be >= 1"),
+                                           ("TRAIN:\n  LR: .nan\n", "TRAIN.LR nan must be > 0"),
+                                           ("DATASET:\n  SCALE_FACTOR: 1.0\n", "DATASET.SCALE_FACTOR 1.0 must be in [0, 1)"),
+                                           ("DATASET:\n  LABELED: some\n",
+                                            "DATASET.LABELED 'some' must be one of split, label_list_split, ratio, all"),
+                                           ("TEST:\n  PROTOCOL: mmpose\n",
+                                            "TEST.PROTOCOL 'mmpose' must be one of standard, freenet")])
 def test_a_yaml_that_cannot_be_honoured_is_a_config_error_naming_the_file(tmp_path, text, message):
     from freenet.config import ConfigError, load_config
 
@@ -198,6 +219,14 @@ def test_a_yaml_that_cannot_be_honoured_is_a_config_error_naming_the_file(tmp_pa
     assert load_config(None, ["FREENET.EVAL_SCHEDULE", "[[100, 5]]"]).FREENET.EVAL_SCHEDULE == [[100, 5]]
     with pytest.raises(ConfigError, match="^command-line override: MODEL is a section of keys, got a single value$"):
         load_config(None, ["MODEL", "3"])
+    # an integer where the key holds a float is that number, in a yaml as in an override
+    path.write_text("TRAIN:\n  LR: 1\n")
+    assert load_config(str(path)).TRAIN.LR == 1.0 and load_config(None, ["TRAIN.LR", "2"]).TRAIN.LR == 2.0
+    with pytest.raises(ConfigError, match="is a folder: give the yaml in it"):
+        load_config(str(tmp_path))
+    path.write_bytes(b"PK\x03\x04\xff\xfe")
+    with pytest.raises(ConfigError, match="bad.yaml: not a text file"):
+        load_config(str(path))
     # a dataset name the layout does not know is fine where a file replaces the layout
     own = load_config(None, ["DATASET.SOURCES", "['atrw']", "DATASET.TRAIN_FILE", "a.json",
                              "DATASET.DATASET", "atrw", "DATASET.VAL_ANN_FILE", "b.json"])
@@ -279,3 +308,14 @@ def test_a_flag_after_the_overrides_is_named():
     args = build_parser(SCRIPTS["finetune"]).parse_args(["MODEL.WIDTH", "8", "--device", "cpu"])
     with pytest.raises(ConfigError, match=r"^--device after the KEY VALUE overrides: flags go before them"):
         config_from_args(args)
+
+
+@pytest.mark.parametrize("size, heat", [([80, 80], [20, 20]), ([64, 96], [16, 24]), ([64, 64], [32, 32])])
+def test_input_sizes_the_network_cannot_take_are_refused_before_the_run(size, heat):
+    from freenet.config import ConfigError, configured_joint_set, load_config
+
+    cfg = load_config(None, ["MODEL.IMAGE_SIZE", str(size), "MODEL.HEATMAP_SIZE", str(heat)])
+    with pytest.raises(ConfigError, match=r"must be square, a multiple of 32 .* and 4x MODEL.HEATMAP_SIZE"):
+        configured_joint_set(cfg)
+    assert configured_joint_set(load_config(None, ["MODEL.IMAGE_SIZE", "[128,128]", "MODEL.HEATMAP_SIZE",
+                                                   "[32,32]"])).num_joints == 17

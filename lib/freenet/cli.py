@@ -5,6 +5,7 @@ import argparse
 import gc
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -42,6 +43,24 @@ def at_least(low: int) -> Callable[[str], int]:
 
 
 POSITIVE, NON_NEGATIVE = at_least(1), at_least(0)
+
+
+def real(low: float, high: float = math.inf, low_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``): a negative
+    ``--grad-clip`` would reverse the gradients without a word."""
+    text_range = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high < math.inf else \
+        f"{'>' if low_open else '>='} {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and (value > low if low_open else value >= low) and value <= high):
+            raise argparse.ArgumentTypeError(f"must be {'in ' if high < math.inf else ''}{text_range}, got {text}")
+        return value
+    parse.__name__ = f"number {text_range}"
+    return parse
 
 
 def folder_path(text: str) -> str:
@@ -106,9 +125,9 @@ def add_run_args(p: argparse.ArgumentParser, cfg: str, *, needs_level=False, has
     a("--workers", type=NON_NEGATIVE, default=None,
       help="data-loader processes (0 = load in the main process; default: WORKERS of the yaml, 8, at most the "
            "CPU cores this process may use)")
-    a("--seed", type=int, default=2, help="seed of the weights' init, the labeled subset and the data stream")
+    a("--seed", type=NON_NEGATIVE, default=2, help="seed of the weights' init, the labeled subset and the data stream")
     a("--keypoints-path", default=None, help="joint-set name or JSON file; default: DATASET.JOINTS of the yaml")
-    a("--num-joints", type=int, default=None, help="must match the joint set's joint count (a check)")
+    a("--num-joints", type=POSITIVE, default=None, help="must match the joint set's joint count (a check)")
     a("--device", default=None, help="auto, cpu, cuda, cuda:N; default: DEVICE of the yaml")
     a("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
     a("--amp-dtype", choices=("fp16", "bf16"), default="fp16", help="autocast dtype of --amp")
@@ -117,7 +136,7 @@ def add_run_args(p: argparse.ArgumentParser, cfg: str, *, needs_level=False, has
     if needs_level or has_split_file:
         a("--anns-info-path", default=None, help="split file; default: DATASET.SPLIT_FILE of the yaml")
     if sample_ratio is not None:
-        a("--sample-ratio", type=float, default=sample_ratio, help="labeled fraction of the pooled train records")
+        a("--sample-ratio", type=real(0, 1), default=sample_ratio, help="labeled fraction of the pooled train records")
     a("opts", nargs=argparse.REMAINDER, help="yacs KEY VALUE overrides, e.g. MODEL.WIDTH 8")
 
 

@@ -119,8 +119,9 @@ def configured_joint_set(cfg):
         raise JointSetError(f"--num-joints / MODEL.NUM_JOINTS is {cfg.MODEL.NUM_JOINTS} but the joint set "
                             f"'{joint_set.name}' ({joint_set.path}) has {joint_set.num_joints} joints")
     size, heat = list(cfg.MODEL.IMAGE_SIZE), list(cfg.MODEL.HEATMAP_SIZE)
-    if size[0] != size[1] or size[0] != 4 * heat[0] or heat[0] != heat[1]:
-        raise ConfigError(f"MODEL.IMAGE_SIZE {size} must be square and 4x MODEL.HEATMAP_SIZE {heat}")
+    if size[0] != size[1] or size[0] != 4 * heat[0] or heat[0] != heat[1] or size[0] % 32 or size[0] <= 0:
+        raise ConfigError(f"MODEL.IMAGE_SIZE {size} must be square, a multiple of 32 (HRNet's four resolutions) "
+                          f"and 4x MODEL.HEATMAP_SIZE {heat}")
     return joint_set
 
 
@@ -134,14 +135,56 @@ FIXED_VALUES = {
 }
 
 
+def _at_least_0(v):
+    return v >= 0
+
+
+def _positive(v):
+    return v > 0
+
+
+def _fraction(v):
+    return 0 <= v <= 1
+
+
+# Numeric keys and the values they can take (NaN fails every test): a value outside would fail deep
+# inside a run, or worse, train without a word (a negative sigma, a scale factor of 1 or more).
+VALUE_RANGES = {
+    "SEED": (_at_least_0, ">= 0"), "WORKERS": (_at_least_0, ">= 0"),
+    "MODEL.WIDTH": (_positive, ">= 1"), "MODEL.SIGMA": (_positive, "> 0"),
+    "DATASET.SAMPLE_RATIO": (_fraction, "in [0, 1]"), "DATASET.PROB_HALF_BODY": (_fraction, "in [0, 1]"),
+    "DATASET.SCALE_FACTOR": (lambda v: 0 <= v < 1, "in [0, 1)"), "DATASET.ROT_FACTOR": (_at_least_0, ">= 0"),
+    "TRAIN.BATCH_SIZE_PER_GPU": (_positive, ">= 1"), "TRAIN.LR": (_positive, "> 0"),
+    "TRAIN.LR_FACTOR": (_positive, "> 0"), "TRAIN.WD": (_at_least_0, ">= 0"), "TRAIN.END_EPOCH": (_positive, ">= 1"),
+    "TEST.BATCH_SIZE_PER_GPU": (_positive, ">= 1"), "TEST.IN_VIS_THRE": (_fraction, "in [0, 1]"),
+    "TEST.OKS_THRE": (_fraction, "in [0, 1]"),
+}
+
+
+def _choices():
+    from freenet.data.settings import LABELED_MODES
+
+    return {"DATASET.LABELED": LABELED_MODES, "TEST.PROTOCOL": ("standard", "freenet")}
+
+
 def check_config(cfg: CN, source: str) -> None:
-    """Values the code cannot honour (:data:`FIXED_VALUES`), dataset names the data layout does not
-    know and a malformed FREENET.EVAL_SCHEDULE raise :class:`ConfigError` naming the key and
+    """Values the code cannot honour (:data:`FIXED_VALUES`), numbers out of range
+    (:data:`VALUE_RANGES`), unknown names (modes, protocols, datasets of the data layout) and a
+    malformed FREENET.EVAL_SCHEDULE raise :class:`ConfigError` naming the key and
     ``source`` (the yaml and/or the overrides)."""
     for key, (value, why) in FIXED_VALUES.items():
         node, leaf = key.split(".")
         if cfg[node][leaf] != value:
             raise ConfigError(f"{source}: {key} {cfg[node][leaf]!r} is not supported ({value!r}: {why})")
+    for key, (valid, text) in VALUE_RANGES.items():
+        node, leaf = key.split(".") if "." in key else ("", key)
+        value = cfg[node][leaf] if node else cfg[leaf]
+        if not valid(value):
+            raise ConfigError(f"{source}: {key} {value!r} must be {text}")
+    for key, choices in _choices().items():
+        node, leaf = key.split(".")
+        if cfg[node][leaf] not in choices:
+            raise ConfigError(f"{source}: {key} {cfg[node][leaf]!r} must be one of {', '.join(choices)}")
     from freenet.data.coco import DATASETS
 
     named = [("DATASET.DATASET", cfg.DATASET.DATASET)] if not cfg.DATASET.VAL_ANN_FILE else []
@@ -173,24 +216,37 @@ def _yacs_message(error: Exception) -> str:
     return f"{key} must be of type {name}, got {value!r}"
 
 
-def _strings_stay_text(cfg: CN, opts: Sequence[str]) -> list:
-    """``opts`` with the value of every string key quoted where yacs would read it as another
-    literal: yacs evaluates each override as Python, so a folder named ``2024`` or ``1e5`` would
-    become a number and fail the key's type check."""
+def _as_typed(cfg: CN, opts: Sequence[str]) -> list:
+    """``opts`` with each value read as its key's type where yacs would refuse it: yacs evaluates
+    every override as Python, so a folder named ``2024`` or ``1e5`` would become a number, and
+    ``TRAIN.LR 1`` an int, each failing the key's type check. Such strings stay text; such ints
+    become floats."""
     fixed = list(opts)
     for k in range(0, len(fixed) - 1, 2):
         node = cfg
         for part in str(fixed[k]).split("."):
             node = node.get(part) if isinstance(node, dict) else None
         value = fixed[k + 1]
-        if isinstance(node, str) and isinstance(value, str):
+        if isinstance(node, (str, float)) and isinstance(value, str):
             try:
                 literal = ast.literal_eval(value)
             except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                 continue  # yacs keeps it as text
-            if not isinstance(literal, str):
+            if isinstance(node, str) and not isinstance(literal, str):
                 fixed[k + 1] = repr(value)
+            elif isinstance(node, float) and type(literal) is int:
+                fixed[k + 1] = repr(float(literal))
     return fixed
+
+
+def _ints_to_floats(defaults: CN, loaded: CN) -> None:
+    """A yaml's ``LR: 1`` where the default is a float: read as 1.0 (yacs would refuse the int)."""
+    for key, value in loaded.items():
+        default = defaults.get(key)
+        if isinstance(value, CN) and isinstance(default, CN):
+            _ints_to_floats(default, value)
+        elif isinstance(default, float) and type(value) is int:
+            loaded[key] = float(value)
 
 
 def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
@@ -203,8 +259,15 @@ def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
         path = resolve_path(cfg_file)
         if not os.path.exists(path):
             raise FileNotFoundError(f"config file {cfg_file} not found (also looked under {REPO_ROOT})")
+        if os.path.isdir(path):
+            raise ConfigError(f"config file {path} is a folder: give the yaml in it")
         try:
-            cfg.merge_from_file(path)
+            with open(path, encoding="utf-8") as f:
+                loaded = CN.load_cfg(f.read())   # YAML whatever the file's extension (yacs would run a .py)
+            _ints_to_floats(cfg, loaded)
+            cfg.merge_from_other_cfg(loaded)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not a text file (a yaml config is expected)") from e
         except (AssertionError, KeyError, ValueError) as e:  # how yacs reports unknown keys / wrong types
             raise ConfigError(f"{path}: {_yacs_message(e)}") from e
         except yaml.YAMLError as e:
@@ -220,7 +283,7 @@ def load_config(cfg_file: str | None = None, opts: Sequence[str] = ()) -> CN:
         if len(opts) % 2:
             raise ConfigError(f"overrides must be KEY VALUE pairs, got {list(opts)}")
         try:
-            cfg.merge_from_list(_strings_stay_text(cfg, opts))
+            cfg.merge_from_list(_as_typed(cfg, opts))
         except (AssertionError, KeyError, ValueError) as e:
             raise ConfigError(f"command-line override: {_yacs_message(e)}") from e
         sources.append("the command-line overrides")

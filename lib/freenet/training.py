@@ -17,7 +17,7 @@ import torch
 from freenet import distributed
 from freenet.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_model_weights
 from freenet.cli import (NON_NEGATIVE, ORIGINAL_FLAGS, POSITIVE, HelpFormatter, Parser, add_run_args,
-                         parse_run_args, run_main, setup_run)
+                         parse_run_args, real, run_main, setup_run)
 from freenet.config import ConfigError
 from freenet.cuda_graphs import GraphedStep
 from freenet.data.dataset import KeypointDataset, stream_loader
@@ -98,11 +98,11 @@ def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
       help="first step with the feedback term in the teacher's loss")
     a("--feedback-steps-complete", type=NON_NEGATIVE, default=6000,
       help="step at which the feedback factor reaches its weight")
-    a("--feedback-weight", type=float, default=2.0, help="final factor of the feedback term")
-    a("--teacher_lr", type=float, default=1e-5, help="AdamW learning rate of the teacher (base network)")
-    a("--student_lr", type=float, default=1e-3, help="AdamW learning rate of the student (adaptation network)")
-    a("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4, help="AdamW weight decay")
-    a("--grad-clip", type=float, default=1e9, help="gradient-norm clip of both networks")
+    a("--feedback-weight", type=real(0), default=2.0, help="final factor of the feedback term")
+    a("--teacher_lr", type=real(0), default=1e-5, help="AdamW learning rate of the teacher (base network)")
+    a("--student_lr", type=real(0), default=1e-3, help="AdamW learning rate of the student (adaptation network)")
+    a("--wd", "--weight-decay", dest="weight_decay", type=real(0), default=1e-4, help="AdamW weight decay")
+    a("--grad-clip", type=real(0, low_open=True), default=1e9, help="gradient-norm clip of both networks")
     a("--batch-size", type=POSITIVE, default=d.batch_size, help="labeled batch size B")
     a("--mu", type=NON_NEGATIVE, default=1,
       help="unlabeled batch = B * mu (0: labeled-only ablation, no pseudo labels)")
