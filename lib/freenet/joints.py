@@ -176,7 +176,7 @@ def parse_joint_set(data: dict, path: str = "<dict>") -> JointSet:
     for src, spec in data.get("sources", {}).items():
         if not isinstance(spec, dict) or "map" not in spec:
             raise _err(path, f"sources.{src}", "expected {'joint_set': ..., 'map': [[source, union], ...]}")
-        _no_unknown(path, f"sources.{src}.", spec, ("joint_set", "map"))
+        _no_unknown(path, f"sources.{src}.", spec, ("joint_set", "map", "joints"))   # joints: the source's names
         pairs = _pairs(path, f"sources.{src}.map", spec["map"], 10 ** 6, n)
         sources[src] = SourceMap(str(spec.get("joint_set", src)), pairs)
     upper = _index_list(path, "upper_body", data["upper_body"], n)
