@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -163,7 +164,7 @@ def test_joint_order_errors_and_unknown_names(ap10k_sample, caplog):
     two_orders = dict(data, categories=data["categories"] + [swapped])
     with pytest.raises(DataError, match=r"orders.json.*categories\[id=99\].keypoints.*another order"):
         load_coco_records(_write(root / "orders.json", two_orders), root, load_joint_set("ap10k"))
-    unknown = dict(data, categories=[dict(data["categories"][0], keypoints=["spot"] + names[1:])])
+    unknown = dict(data, categories=[dict(c, keypoints=["spot"] + names[1:]) for c in data["categories"]])
     with caplog.at_level("WARNING", logger="freenet.data.coco"):
         records = load_coco_records(_write(root / "unknown.json", unknown), root, load_joint_set("ap10k"))
     assert "unknown.json" in caplog.text and "unknown: spot" in caplog.text
@@ -337,6 +338,94 @@ def test_null_keypoint_names_the_annotation(ap10k_sample):
     data["annotations"][1]["keypoints"][0] = None   # annotation 6
     with pytest.raises(DataError, match=r"null.json \(id 6\): 'keypoints' must contain only numbers"):
         load_coco_records(_write(root / "null.json", data), root, load_joint_set("ap10k"))
+
+
+def _one_dog(tmp_path, name, text=None, **fields):
+    """A hand-built AP-10K file: image 1 with annotations 4 (good) and 5 (``fields`` replaced);
+    ``text`` ({placeholder: raw JSON}) puts values in the file that json.dumps cannot write (1e400)."""
+    good = {"id": 4, "image_id": 1, "category_id": 1, "bbox": [0, 0, 50, 50], "keypoints": [10, 20, 2] * 17,
+            "area": 2500, "num_keypoints": 17, "iscrowd": 0}
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100}],
+            "annotations": [good, {**good, "id": 5, **fields}],
+            "categories": [{"id": 1, "name": "dog"}, {"id": 3, "name": "cat"}]}
+    raw = json.dumps(data)
+    for placeholder, value in (text or {}).items():
+        raw = raw.replace(json.dumps(placeholder), value)
+    return _write(tmp_path / name, raw)
+
+
+@pytest.mark.parametrize("value, shown", [(7, "7"), (-1, "-1"), (1.5, "1.5")])
+def test_visibility_outside_0_1_2_names_the_annotation_and_joint(tmp_path, value, shown):
+    """A visibility code other than 0, 1, 2 (the checker's 'visibility_value' error) is refused by
+    both loaders, naming the file, the annotation, the field and the joint."""
+    kps = [10, 20, 2] * 17
+    kps[3 * 3 + 2] = value                                              # joint 3, 'neck'
+    path = _one_dog(tmp_path, "vis.json", keypoints=kps)
+    message = rf"vis.json \(id 5\): 'keypoints' visibility must be 0, 1 or 2, got {re.escape(shown)} at joint 3"
+    with pytest.raises(DataError, match=message + r" \(neck\)$"):
+        load_coco_records(path, tmp_path, load_joint_set("ap10k"), check_images=False)
+    with pytest.raises(DataError, match=message):
+        eval_records(path, tmp_path, load_joint_set("ap10k"))
+    # The file is broken even where training would drop the instance (no box).
+    with pytest.raises(DataError, match=r"nobox.json \(id 5\): 'keypoints' visibility"):
+        load_coco_records(_one_dog(tmp_path, "nobox.json", keypoints=kps, bbox=None), tmp_path, check_images=False)
+
+
+@pytest.mark.parametrize("value, shown", [("12", '"12"'), (True, "true"), ([1], r"\[1\]")])
+def test_keypoint_values_that_are_not_numbers_are_refused(tmp_path, value, shown):
+    """NumPy would read the string "12" as 12 and true as 1: refused by both loaders instead."""
+    kps = [10, 20, 2] * 17
+    kps[3 * 2 + 1] = value                                              # joint 2's y
+    path = _one_dog(tmp_path, "str.json", keypoints=kps)
+    message = rf"str.json \(id 5\): 'keypoints' must contain only numbers, got {shown} at joint 2$"
+    with pytest.raises(DataError, match=message):
+        load_coco_records(path, tmp_path, load_joint_set("ap10k"), check_images=False)
+    with pytest.raises(DataError, match=message):
+        eval_records(path, tmp_path, load_joint_set("ap10k"))
+
+
+@pytest.mark.parametrize("raw, shown", [("1e400", "inf"), ("NaN", "nan"), ("-Infinity", "-inf")])
+def test_box_with_a_value_that_is_not_finite_is_refused(tmp_path, raw, shown):
+    """1e400 in JSON reads as infinity: a broken file, refused (a box with w <= 0 or h <= 0 is
+    dropped and counted instead, SPEC §3.2)."""
+    path = _one_dog(tmp_path, "inf.json", text={"BAD": raw}, bbox=[0, "BAD", 50, 50])
+    with pytest.raises(DataError, match=rf"inf.json \(id 5\): 'bbox' must be 4 finite numbers \[x, y, w, h\], "
+                                        rf"got \[0, {shown}, 50, 50\]"):
+        load_coco_records(path, tmp_path, load_joint_set("ap10k"), check_images=False)
+    with pytest.raises(DataError, match=r"str.json \(id 5\): 'bbox' must be 4 numbers \[x, y, w, h\], got \"50\""):
+        load_coco_records(_one_dog(tmp_path, "str.json", bbox=[0, 0, "50", 50]), tmp_path, check_images=False)
+
+
+def test_empty_box_is_still_dropped_and_counted(tmp_path, caplog):
+    path = _one_dog(tmp_path, "empty.json", bbox=[0, 0, -5, 50])
+    with caplog.at_level("INFO", logger="freenet.data.coco"):
+        records = load_coco_records(path, tmp_path, load_joint_set("ap10k"), check_images=False)
+    assert [r.ann_id for r in records] == [4]
+    assert "kept 1 of 2 annotations (dropped: 1 without a valid box, 0 without keypoints)" in caplog.text
+
+
+def test_category_id_not_in_categories_loads_with_a_warning(tmp_path, caplog):
+    """Public files carry annotations of categories they do not list; the file's categories share
+    one joint layout, so such an annotation loads, with one warning naming the annotations."""
+    path = _one_dog(tmp_path, "cat.json", category_id=2)
+    data = json.loads(path.read_text())
+    with caplog.at_level("WARNING", logger="freenet.data.coco"):
+        records = load_coco_records(path, tmp_path, load_joint_set("ap10k"), check_images=False)
+    assert [(r.ann_id, r.category_id) for r in records] == [(4, 1), (5, 2)]
+    assert caplog.messages == [f"{path}: 1 annotations (first ids 5) have a 'category_id' not in 'categories' (ids 2); "
+                               "loaded with the joint layout of the file's categories"]
+    del data["categories"]                                      # nothing to check against
+    assert len(load_coco_records(_write(tmp_path / "nocats.json", data), tmp_path, check_images=False)) == 2
+
+
+@needs_data
+def test_real_animal_kingdom_sample_loads_though_it_lists_not_the_category_of_its_annotations(caplog):
+    """MMPose's Animal Kingdom sample lists categories 1 and 2 (with the 23 joint names) but its
+    annotations are of category 4."""
+    with caplog.at_level("WARNING", logger="freenet.data.coco"):
+        records = load_coco_records(MMPOSE / "ak" / "test_animalkingdom.json", MMPOSE / "ak", check_images=False)
+    assert records and {r.category_id for r in records} == {4}
+    assert "have a 'category_id' not in 'categories' (ids 4)" in caplog.text
 
 
 @pytest.mark.parametrize("where, field, value, message", [

@@ -25,6 +25,7 @@ from freenet.data.drawing import CAPTION_HEIGHT, Tile, draw_contact_sheet, rende
 from freenet.data.splits import (SPLIT_PRESETS, apply_split, filter_by_image_ids, load_id_list, load_img_ann_ids,
                                  load_split_file, offset_records, parse_family, parse_joint_list,
                                  sample_by_ratio, sample_per_category)
+from freenet.errors import DataError
 from freenet.inference import PART_COLOURS
 from freenet.joints import load_joint_set
 
@@ -157,6 +158,30 @@ def test_checker_names_each_planted_defect(plant, animalpose_val, tmp_path, caps
     where = "annotation id" if id_field == "ann_id" else "image id"
     line = next(t for t in text.splitlines() if f"{where} {bad_id}" in t and "corrupted_val.json" in t)
     assert f"[{kind}]" in text and line.strip().startswith(str(path))
+
+
+def string_keypoint(d):
+    ann = d["annotations"][9]
+    ann["keypoints"][3 * labeled_joint(ann)] = "12"
+    return "keypoint_values", "ann_id", ann["id"]
+
+
+@needs_data
+@pytest.mark.parametrize("plant, message", [
+    (visibility_3, "'keypoints' visibility must be 0, 1 or 2, got 3 at joint "),
+    (string_keypoint, "'keypoints' must contain only numbers, got \"12\" at joint "),
+    (keypoint_count, "'keypoints' has 57 values, expected 3*20"),
+])
+def test_training_refuses_what_the_checker_calls_a_broken_annotation(plant, message, animalpose_val, tmp_path):
+    """The loader stops at the annotation the checker reports, naming the same file and id."""
+    data = copy.deepcopy(animalpose_val)
+    kind, _, bad_id = plant(data)
+    path = write_json(tmp_path / "corrupted_val.json", data)
+    assert check_coco_file(path, check_images=False, joint_set=load_joint_set("animalpose")).kinds("error") == \
+        Counter({kind: 1})
+    with pytest.raises(DataError) as e:
+        load_coco_records(path, tmp_path, load_joint_set("animalpose"), check_images=False)
+    assert str(e.value).startswith(f"{path} (id {bad_id}): {message}")
 
 
 @needs_data

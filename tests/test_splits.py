@@ -85,8 +85,32 @@ def test_apply_split_exact_tolerance_and_later_entry_wins_on_same_record():
     out, report = apply_split(records, [entry(1, [12, 8, 52, 48], first), entry(1, [10, 10, 50, 50], second)])
     np.testing.assert_array_equal(out[0].visibility, second)
     assert (report.matched, report.rematched, report.untouched) == (2, 1, 0)
-    _, tight = apply_split(records, [entry(1, [11, 10, 50, 50], first)], tol=0.5)
-    assert tight.unmatched == 1
+    _, tight = apply_split(records, [entry(1, [11, 10, 50, 50], first), entry(1, [10, 10, 50, 50.5], first)], tol=0.5)
+    assert (tight.matched, tight.unmatched) == (1, 1)
+
+
+def test_split_file_that_matches_no_record_is_an_error(tmp_path, caplog):
+    """A split file of which no entry matches (another dataset's, another split's) would leave every
+    record fully labeled: the missing-joint setting silently not applied. An error naming the file
+    and the matching rule instead; a partial match stays a warning."""
+    records = [rec(1, [10, 10, 50, 50], ann_id=0), rec(2, [0, 0, 20, 20], ann_id=1)]
+    path = tmp_path / "wrong_split.json"
+    write_split_file(path, [entry(1, [20, 10, 50, 50], [1] * 17),     # its image, box 10 px off
+                            entry(7, [10, 10, 50, 50], [1] * 17),     # an image with no record
+                            entry(8, [0, 0, 20, 20], [1] * 17)])
+    with pytest.raises(DataError) as e:
+        apply_split(records, load_split_file(path), path=path)
+    assert str(e.value) == (f"{path}: none of its 3 entries matches any of the 2 records (an entry matches a record "
+                            "of its image id whose box [x, y, w, h] is within 2 px on every coordinate; 1 of the "
+                            "entries' image ids have a record at all): is it the split file of this dataset and split?")
+    # One entry matching: a warning about the others, the match applied.
+    with caplog.at_level(logging.WARNING, logger="freenet.data.splits"):
+        out, report = apply_split(records, [entry(2, [1, 1, 20, 20], [0] * 17)] + load_split_file(path), path=path)
+    assert (report.matched, report.unmatched) == (1, 3) and out[1].visibility.sum() == 0
+    assert f"{path}: 3 of 4 split entries matched no record" in caplog.text
+    # Nothing to match on either side: no error.
+    assert apply_split([], load_split_file(path), path=path)[1].matched == 0
+    assert apply_split(records, [], path=path)[1].untouched == 2
 
 
 def test_apply_split_rejects_wrong_joint_count():
@@ -174,6 +198,18 @@ def test_id_list_filter_keeps_listed_images_in_order():
     records = [rec(48787, [0, 0, 1, 1], ann_id=1), rec(1, [0, 0, 1, 1], ann_id=2),
                rec(48752, [0, 0, 1, 1], ann_id=3), rec(48787, [0, 0, 1, 1], ann_id=4)]
     assert [r.ann_id for r in filter_by_image_ids(records, ids)] == [1, 3, 4]
+
+
+def test_label_list_ids_without_records_are_reported_with_the_file(tmp_path, caplog):
+    path = tmp_path / "annotation_list_25.json"
+    path.write_text(json.dumps([2, 99, 1, 98]))
+    records = [rec(1, [0, 0, 1, 1], ann_id=1), rec(3, [0, 0, 1, 1], ann_id=2), rec(2, [0, 0, 1, 1], ann_id=3)]
+    with caplog.at_level(logging.WARNING, logger="freenet.data.splits"):
+        kept = filter_by_image_ids(records, load_id_list(path))
+        filter_by_image_ids(records, [1, 5], path="mine.json")
+    assert [r.ann_id for r in kept] == [1, 3]
+    assert caplog.messages == [f"{path}: 2 of 4 listed image ids have no record (first: 98, 99)",
+                               "mine.json: 1 of 2 listed image ids have no record (first: 5)"]
 
 
 def test_load_id_list_rejects_non_ids(tmp_path):

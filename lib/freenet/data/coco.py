@@ -17,6 +17,7 @@ import logging
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -135,20 +136,63 @@ def reorder_joints(data: dict, source: Sequence[int]) -> dict:
     return {**data, "annotations": [reorder(a) for a in data["annotations"]]}
 
 
-def keypoint_values(ann_file: str | os.PathLike, anns: Sequence[dict], num_joints: int) -> np.ndarray:
-    """(N, J, 3) float32 x, y, visibility of annotations whose ``keypoints`` hold 3 * J values, in one
-    array pass. A value that is not a finite number (a JSON null becomes NaN) is a :class:`DataError`
-    naming the file and the first such annotation."""
+# Python types of JSON numbers (``type`` is exact: a JSON true/false, a bool, is not one).
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def _first_non_number(ann_file, anns: Sequence[dict], field: str, message: str):
+    """Raise :class:`DataError` for the first annotation whose ``field`` holds a value that is not a
+    number, naming it and the value as JSON spells it (the slow path, only once something is wrong)."""
+    for ann in anns:
+        for pos, value in enumerate(ann[field]):
+            if type(value) not in _NUMBER_TYPES:
+                where = f" at joint {pos // 3}" if field == "keypoints" else ""
+                raise DataError(ann_file, f"{message}, got {json.dumps(value)[:40]}{where}", ann["id"])
+
+
+def _number_array(ann_file, anns: Sequence[dict], field: str, width: int, message: str, dtype) -> np.ndarray:
+    """(N, width) array of the annotations' ``field`` lists (``width`` values each). A value that is not a
+    JSON number (a string, true/false, null: NumPy would read "12" as 12 and null as NaN) is a
+    :class:`DataError`; the type test is one C-level pass over all values, not a Python loop."""
+    flat = list(chain.from_iterable([a[field] for a in anns]))  # one flat list converts faster than nested ones
+    if not set(map(type, flat)) <= _NUMBER_TYPES:
+        _first_non_number(ann_file, anns, field, message)
+    return np.asarray(flat, dtype=dtype).reshape(len(anns), width)
+
+
+def keypoint_values(ann_file: str | os.PathLike, anns: Sequence[dict], num_joints: int,
+                    joint_names: Sequence[str] | None = None) -> np.ndarray:
+    """(N, J, 3) float32 x, y, visibility of annotations whose ``keypoints`` hold 3 * J values, checked
+    in one array pass: a value that is not a finite number (a string, true/false, null, NaN, infinity)
+    or a visibility outside {0, 1, 2} is a :class:`DataError` naming the file, the first such
+    annotation, the field and the joint (by name when ``joint_names`` are given)."""
     message = "'keypoints' must contain only numbers"
-    try:
-        values = np.asarray([a["keypoints"] for a in anns], dtype=np.float32).reshape(len(anns), num_joints, 3)
-    except (TypeError, ValueError):
-        bad = next((a["id"] for a in anns if not all(isinstance(v, (int, float)) for v in a["keypoints"])), None)
-        raise DataError(ann_file, message, bad) from None
+    values = _number_array(ann_file, anns, "keypoints", 3 * num_joints, message, np.float32)
+    values = values.reshape(len(anns), num_joints, 3)             # (N, J, 3)
     finite = np.isfinite(values).all(axis=(1, 2))
     if not finite.all():
-        raise DataError(ann_file, f"{message} (found null, NaN or infinity)", anns[int(np.argmin(finite))]["id"])
+        raise DataError(ann_file, f"{message} (found NaN or infinity)", anns[int(np.argmin(finite))]["id"])
+    vis = values[..., 2]                                           # (N, J)
+    bad = (vis != 0) & (vis != 1) & (vis != 2)
+    if bad.any():
+        k, j = (int(i[0]) for i in np.nonzero(bad))                # first annotation, its first bad joint
+        name = f" ({joint_names[j]})" if joint_names is not None else ""
+        raise DataError(ann_file, f"'keypoints' visibility must be 0, 1 or 2, got {vis[k, j]:g} at joint {j}{name}",
+                        anns[k]["id"])
     return values
+
+
+def box_values(ann_file: str | os.PathLike, anns: Sequence[dict]) -> np.ndarray:
+    """(N, 4) float64 [x, y, w, h] of annotations whose ``bbox`` is a list of 4 values. A value that is
+    not a finite number (a JSON 1e400 reads as infinity) is a :class:`DataError` naming the file and
+    the first such annotation: a broken file, unlike a box with w <= 0 or h <= 0, which §3.2 drops."""
+    boxes = _number_array(ann_file, anns, "bbox", 4, "'bbox' must be 4 numbers [x, y, w, h]", np.float64)
+    finite = np.isfinite(boxes).all(axis=1)
+    if not finite.all():
+        ann = anns[int(np.argmin(finite))]
+        raise DataError(ann_file, f"'bbox' must be 4 finite numbers [x, y, w, h], got {ann['bbox']!r:.80}",
+                        ann["id"])
+    return boxes
 
 
 class _DirListing:
@@ -230,7 +274,10 @@ def load_coco_records(ann_file: str | os.PathLike, image_root: str | os.PathLike
 
     Raises :class:`DataError` naming the file and the annotation id for: malformed JSON, missing
     ``images``/``annotations``, duplicate image or annotation ids, an annotation on an unknown
-    image, a keypoint list whose length is not 3*J, a malformed box, a missing image file.
+    image, a keypoint list whose length is not 3*J, a keypoint value that is not a finite number
+    or a visibility outside {0, 1, 2}, a malformed box or one with a value that is not a finite
+    number, a missing image file (a ``category_id`` not in ``categories`` is a warning). Values are checked on every annotation, kept or dropped: a
+    file with any of these is broken (``tools/check_annotations.py`` lists them all).
     """
     ann_file = str(ann_file)
     data = load_coco_json(ann_file)
@@ -254,11 +301,18 @@ def load_coco_records(ann_file: str | os.PathLike, image_root: str | os.PathLike
     num_joints = joint_set.num_joints if joint_set is not None else _infer_num_joints(
         ann_file, annotations, data.get("categories"))
     default_source = normalize_source(source)
+    categories = _category_ids(data.get("categories"))
+    # An annotation of a category the file does not list is loaded with a warning: public files do
+    # that (MMPose's Animal Kingdom sample lists categories 1 and 2, its annotations are 4), and a
+    # file's categories share one joint layout.
+    unlisted: list[tuple[int, int]] = []            # (category id, annotation id) of unlisted categories
 
-    # Validate every annotation and group the usable ones by image, in file order.
-    per_image: dict[int, list[dict]] = defaultdict(list)
+    # Structure, one annotation at a time; the values (numbers, finite, visibility codes) are
+    # checked below in one array pass over all annotations.
+    rows: list[dict] = []          # annotations that passed, in file order
+    boxed: list[int] = []          # indices into rows of those with a box
+    labeled: list[int] = []        # ... and of those with a keypoint list
     seen_ann_ids: set = set()
-    dropped = {"no box": 0, "no keypoints": 0}
     for ann in annotations:
         if not isinstance(ann, dict):
             raise DataError(ann_file, f"an entry of 'annotations' is not an object: {ann!r:.80}")
@@ -268,7 +322,9 @@ def load_coco_records(ann_file: str | os.PathLike, image_root: str | os.PathLike
         seen_ann_ids.add(ann_id)
         img_id = require_id(ann_file, ann, "image_id", "annotation", ann_id)
         if "category_id" in ann:
-            require_id(ann_file, ann, "category_id", "annotation", ann_id)
+            cat_id = require_id(ann_file, ann, "category_id", "annotation", ann_id)
+            if categories is not None and cat_id not in categories:
+                unlisted.append((cat_id, ann_id))
         if img_id not in images_by_id:
             raise DataError(ann_file, f"annotation points at unknown image id {img_id}", ann_id)
         kps = ann.get("keypoints") or []  # no field, null or []: no labeled joint, dropped below as the original did
@@ -279,41 +335,66 @@ def load_coco_records(ann_file: str | os.PathLike, image_root: str | os.PathLike
                             f"{3 * num_joints} for {num_joints} joints"
                             + (f" (joint set '{joint_set.name}')" if joint_set is not None else ""), ann_id)
         box = ann.get("bbox")
-        if box is None:
-            dropped["no box"] += 1
-            continue
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+        if box is not None and not (isinstance(box, list) and len(box) == 4):
             raise DataError(ann_file, f"'bbox' must be 4 numbers [x, y, w, h], got {box!r:.80}", ann_id)
-        if not (box[2] > 0 and box[3] > 0):
-            dropped["no box"] += 1
-            continue
-        if not any(v != 0 for v in kps):
-            dropped["no keypoints"] += 1
-            continue
-        per_image[img_id].append(ann)
+        if box is not None:
+            boxed.append(len(rows))
+        if kps:
+            labeled.append(len(rows))
+        rows.append(ann)
 
-    kept = [(img_id, ann) for img_id in sorted(per_image) for ann in per_image[img_id]]
-    if not kept:
+    if unlisted:
+        logger.warning("%s: %d annotations (first ids %s) have a 'category_id' not in 'categories' (%s); loaded "
+                       "with the joint layout of the file's categories", ann_file, len(unlisted),
+                       ", ".join(str(a) for _, a in unlisted[:5]), _id_list({c for c, _ in unlisted}))
+
+    n = len(rows)
+    boxes = np.zeros((n, 4))                                        # (A, 4) x, y, w, h; 0 = no box
+    boxes[boxed] = box_values(ann_file, [rows[i] for i in boxed])
+    values = np.zeros((n, num_joints, 3), dtype=np.float32)         # (A, J, 3) x, y, visibility
+    values[labeled] = keypoint_values(ann_file, [rows[i] for i in labeled], num_joints,
+                                      joint_set.joints if joint_set is not None else None)
+    has_box = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)                 # (A,) §3.2: w > 0 and h > 0
+    has_kps = (values != 0).any(axis=(1, 2))                        # (A,) a non-zero keypoint value
+    # Images by ascending id, each image's annotations in file order (a stable sort).
+    kept = np.asarray(sorted(np.flatnonzero(has_box & has_kps).tolist(), key=lambda i: rows[i]["image_id"]),
+                      dtype=np.int64)
+    if not len(kept):
         logger.info("%s: no annotated instances (%d annotations)", ann_file, len(annotations))
         return []
 
-    values = keypoint_values(ann_file, [ann for _, ann in kept], num_joints)  # (N, J, 3) x, y, visibility
-    coords = np.ascontiguousarray(values[..., :2])  # (N, J, 2)
-    vis = np.ascontiguousarray(values[..., 2])      # (N, J)
-    boxes = np.asarray([ann["bbox"] for _, ann in kept], dtype=np.float32)  # (N, 4)
-
-    paths = _image_paths(ann_file, kept, images_by_id, Path(image_root), default_source,
+    coords = np.ascontiguousarray(values[kept, :, :2])  # (N, J, 2)
+    vis = np.ascontiguousarray(values[kept, :, 2])      # (N, J)
+    kept_boxes = boxes[kept].astype(np.float32)         # (N, 4)
+    pairs = [(rows[i]["image_id"], rows[i]) for i in kept.tolist()]
+    paths = _image_paths(ann_file, pairs, images_by_id, Path(image_root), default_source,
                          check_images, fallback_roots)
     records = [
         Record(image_path=paths[img_id], image_id=int(img_id), ann_id=int(ann["id"]),
-               category_id=int(ann.get("category_id", 0)), box=boxes[i], keypoints=coords[i],
+               category_id=int(ann.get("category_id", 0)), box=kept_boxes[i], keypoints=coords[i],
                visibility=vis[i], source=normalize_source(ann.get("from")) or default_source)
-        for i, (img_id, ann) in enumerate(kept)
+        for i, (img_id, ann) in enumerate(pairs)
     ]
-    if dropped["no box"] or dropped["no keypoints"]:
+    no_box, no_kps = int((~has_box).sum()), int((has_box & ~has_kps).sum())
+    if no_box or no_kps:
         logger.info("%s: kept %d of %d annotations (dropped: %d without a valid box, %d without keypoints)",
-                    ann_file, len(records), len(annotations), dropped["no box"], dropped["no keypoints"])
+                    ann_file, len(records), len(annotations), no_box, no_kps)
     return records
+
+
+def _category_ids(categories) -> set[int] | None:
+    """Ids of the file's ``categories`` (None when the file has no such list: nothing to check against)."""
+    if not isinstance(categories, list):
+        return None
+    return {c["id"] for c in categories if isinstance(c, dict) and isinstance(c.get("id"), int)}
+
+
+def _id_list(ids: Iterable[int], shown: int = 10) -> str:
+    """``"ids 1, 2, 3"`` for messages, the first ``shown`` of them in ascending order."""
+    ids = sorted(ids)
+    if not ids:
+        return "the list is empty"
+    return "ids " + ", ".join(map(str, ids[:shown])) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def _image_paths(ann_file, kept, images_by_id, image_root: Path, default_source, check_images,

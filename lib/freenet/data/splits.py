@@ -135,7 +135,9 @@ def apply_split(records: Sequence[Record], entries: Sequence[Mapping], *, tol: f
     all records of its image, so if two entries match the same record the later one wins
     (counted as ``rematched``), and records that no entry matches keep their full annotation
     (counted as ``untouched``; the authors' ``load_missing_anns`` leaves them as loaded, so they
-    stay in the labeled set unmasked). Unmatched entries are logged as one counted warning.
+    stay in the labeled set unmasked). Unmatched entries are logged as one counted warning; an
+    entry list of which no entry matches any record is a :class:`DataError` naming ``path`` (the
+    wrong file for these records: nothing would be masked).
 
     Returns new records (copies; the inputs are not modified) in the input order, and a report.
     """
@@ -179,6 +181,12 @@ def apply_split(records: Sequence[Record], entries: Sequence[Mapping], *, tol: f
     new_vis[last_rec] = ent_vis[winners]
 
     unmatched = np.setdiff1d(np.arange(m), matched_ent)
+    if n and m and not len(matched_ent):
+        # Nothing masked: training would run on the full labels, not the missing-joint setting asked for.
+        raise DataError(path or "<split entries>", f"none of its {m} entries matches any of the {n} records (an entry "
+                        f"matches a record of its image id whose box [x, y, w, h] is within {tol:g} px on every "
+                        f"coordinate; {int((count > 0).sum())} of the entries' image ids have a record at all): is it "
+                        "the split file of this dataset and split?")
     report = SplitReport(
         path=path, entries=m, matched=len(matched_ent), unmatched=len(unmatched),
         unmatched_image_ids=tuple(int(i) for i in ent_img[unmatched[:num_reported]]),
@@ -200,7 +208,15 @@ def apply_split(records: Sequence[Record], entries: Sequence[Mapping], *, tol: f
 # Image-id lists (the 25-images-per-species label lists, §3.3)
 # ----------------------------------------------------------------------------------------------
 
-def load_id_list(path: str | os.PathLike) -> list[int]:
+class IdList(list):
+    """A list of ids that remembers the file it was read from (``path``), for later messages."""
+
+    def __init__(self, ids: Iterable[int] = (), path: str | os.PathLike = ""):
+        super().__init__(ids)
+        self.path = str(path)
+
+
+def load_id_list(path: str | os.PathLike) -> IdList:
     """A JSON list of integer ids (e.g. ``label_list/annotation_list_25.json``)."""
     data = load_json(path)
     if not isinstance(data, list):
@@ -208,16 +224,23 @@ def load_id_list(path: str | os.PathLike) -> list[int]:
     for i, v in enumerate(data):
         if not _is_int(v):
             raise DataError(path, f"entry {i} is not an integer id: {v!r:.40}")
-    return list(data)
+    return IdList(data, path)
 
 
-def filter_by_image_ids(records: Sequence[Record], ids: Iterable[int]) -> list[Record]:
-    """The records whose image id is listed, in their original order (same objects)."""
+def filter_by_image_ids(records: Sequence[Record], ids: Iterable[int], path: str | os.PathLike = "",
+                        num_reported: int = 10) -> list[Record]:
+    """The records whose image id is listed, in their original order (same objects).
+
+    Listed ids without a record are logged as one counted warning naming the list's file:
+    ``path``, else the file an :class:`IdList` from :func:`load_id_list` was read from.
+    """
+    path = str(path or getattr(ids, "path", "") or "label list")
     wanted = {int(i) for i in ids}
     kept = [r for r in records if r.image_id in wanted]
-    missing = len(wanted - {r.image_id for r in kept})
+    missing = sorted(wanted - {r.image_id for r in kept})
     if missing:
-        logger.warning("%d of %d listed image ids have no record", missing, len(wanted))
+        logger.warning("%s: %d of %d listed image ids have no record (first: %s)", path, len(missing), len(wanted),
+                       ", ".join(map(str, missing[:num_reported])))
     return kept
 
 
