@@ -4,8 +4,8 @@
         OUTPUT_DIR output/eval TEST.MODEL_FILE pretrained_weights/model.pth
     python eval_ap10k.py --cfg ... --results output/eval/results.json OUTPUT_DIR output/rescored
 
-Trailing ``KEY VALUE`` pairs override the yaml. Prints OKS AP/AR and PCK, writes ``metrics.json``
-and (for a model) the COCO results ``results.json`` under OUTPUT_DIR.
+Trailing ``KEY VALUE`` pairs override the yaml. Prints OKS AP/AR and PCK, then writes ``metrics.json``
+and (for a model) the COCO results ``results.json`` under OUTPUT_DIR (tried before the evaluation).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 from freenet.cli import USER_ERRORS, Parser
 from freenet.config import load_config
 from freenet.device import usable_cpus
-from freenet.evaluation import evaluate_from_config, format_metrics_table
+from freenet.evaluation import METRICS_FILE, RESULTS_FILE, evaluate_from_config, format_metrics_table, write_outputs
 
 
 def main(argv=None) -> int:
@@ -43,15 +43,20 @@ def main(argv=None) -> int:
         cfg.defrost()
         cfg.WORKERS = args.workers if args.workers is not None else min(cfg.WORKERS, usable_cpus())
         cfg.freeze()
-        metrics, joint_set = evaluate_from_config(cfg, args.protocol, args.results)
+        metrics, results, joint_set = evaluate_from_config(cfg, args.protocol, args.results)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if "model_key" in metrics:
-        print(f"weights: {metrics['model_file']} [{metrics['model_key']}]")
-    print(format_metrics_table(metrics, joint_set))
-    scored_file = args.results or cfg.TEST.RESULTS_FILE
-    print(f"wrote {cfg.OUTPUT_DIR}/metrics.json" + ("" if scored_file else " and results.json"))
+    if "model_file" in metrics:
+        print(f"weights: {metrics['model_file']}: {metrics['weights']}")
+    print(format_metrics_table(metrics, joint_set))  # first: a failed write below loses no result
+    try:
+        write_outputs(cfg.OUTPUT_DIR, metrics, results)
+    except OSError as e:  # e.g. a full disk, or a folder made read-only during the evaluation
+        print(f"error: {cfg.OUTPUT_DIR}: cannot write the outputs there (OUTPUT_DIR): {e.strerror or e}; "
+              "the metrics are above", file=sys.stderr)
+        return 2
+    print(f"wrote {cfg.OUTPUT_DIR}/{METRICS_FILE}" + ("" if results is None else f" and {RESULTS_FILE}"))
     return 0
 
 

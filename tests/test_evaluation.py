@@ -8,6 +8,7 @@ parameter-free "network" recovers the crop geometry from the pixels alone.
 from __future__ import annotations
 
 import copy
+import errno
 import importlib.util
 import json
 import subprocess
@@ -110,12 +111,13 @@ def test_decode_heatmaps_quarter_offset_then_back_projection():
     heat[0, 1, 30, 2] = 0.3
     heat[0, 2] = -1.0                                   # peak <= 0: (0, 0) before back-projection
     centres, scales = np.array([[100.0, 50.0]], np.float32), np.array([0.64], np.float32)  # 200s/64 = 2 px
-    coords, maxvals = decode_heatmaps(heat, centres, scales)
+    coords, maxvals, argmax = decode_heatmaps(heat, centres, scales)
     np.testing.assert_allclose(coords[0].numpy(), [[100 + (10.25 - 32) * 2, 50 + (19.75 - 32) * 2],
                                                    [100 + (1 - 32) * 2, 50 + (30 - 32) * 2],
                                                    [100 - 64, 50 - 64]], atol=1e-4)
     np.testing.assert_allclose(maxvals[0].numpy(), [1.0, 0.7, -1.0])
-    raw, _ = decode_heatmaps(heat, centres, scales, post_process=False)
+    assert argmax[0].tolist() == [[10, 20], [1, 30], [0, 0]]  # heatmap px, before the offset (PCK's input)
+    raw, _, _ = decode_heatmaps(heat, centres, scales, post_process=False)
     np.testing.assert_allclose(raw[0, 0].numpy(), [100 + (10 - 32) * 2, 50 + (20 - 32) * 2], atol=1e-4)
 
 
@@ -239,7 +241,9 @@ def test_ground_truth_scores_as_the_records_read_it_where_fields_are_missing(tmp
             "annotations": [{"id": 5, "image_id": 1, "bbox": [0, 0, 50, 50], "area": 2500,
                              "keypoints": [10, 10, 2, 20, 20, 2]},
                             {"id": 6, "image_id": 1, "bbox": [60, 60, 20, 20], "area": 400, "iscrowd": 1}]}
+    given = copy.deepcopy(data)
     gt = coco_ground_truth(data)
+    assert data == given  # the caller's dict is left as it was
     assert gt.getCatIds() == [1] and gt.anns[6]["num_keypoints"] == 0
     found = [{"image_id": 1, "category_id": 1, "keypoints": [10, 10, 1, 20, 20, 1], "score": 1.0}]
     metrics = coco_keypoint_metrics(gt, found, [0.1] * 2)
@@ -629,8 +633,11 @@ def test_evaluator_folds_batchnorm_without_changing_the_predictions():
         ops = dispatched_ops(lambda: runs.__setitem__(fold, evaluator.predict(model, "cpu", fold=fold)))
         assert (ops["aten.native_batch_norm"] == 0) == fold
     (kp, score, peak), (kp_ref, score_ref, peak_ref) = runs[True], runs[False]
-    assert np.array_equal(peak, peak_ref) and np.ptp(peak_ref, axis=(0, 1)).max() > 0
-    assert np.allclose(kp, kp_ref, rtol=0, atol=1e-3) and np.allclose(score, score_ref, rtol=1e-4, atol=0)
+    # A peak may move only where two pixels tie to float rounding (the thread count decides which
+    # wins): then its value, the score, is the same.
+    same = (peak == peak_ref).all(-1)                       # (N, J)
+    assert same.mean() > 0.9 and np.ptp(peak_ref, axis=(0, 1)).max() > 0
+    assert np.allclose(kp[same], kp_ref[same], rtol=0, atol=1e-3) and np.allclose(score, score_ref, rtol=1e-4, atol=0)
     assert model.training
 
 
@@ -729,10 +736,11 @@ def test_eval_cli_on_sample_images_and_results_mode(tmp_path, capsys):
                           str(tmp_path / "run"), "--workers", "0", "DEVICE", "cpu", "GPUS", "[0,]"]) == 0
     out = capsys.readouterr().out
     assert "AP50" in out and "PCK" in out
-    assert f"weights: {weights} [student_model]" in out           # which network was scored
+    assert f"weights: {weights}: the student (adaptation network) of a FreeNet checkpoint\n" in out
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert metrics["model_key"] == "student_model" and metrics["num_instances"] == 2
+    assert metrics["weights"] == "the student (adaptation network) of a FreeNet checkpoint"
     assert len(results) == 2 and {r["image_id"] for r in results} == {4, 37516}
     assert all(len(r["keypoints"]) == 3 * 17 for r in results)
 
@@ -803,25 +811,79 @@ def test_eval_cli_wrong_checkpoint_is_a_one_line_error(tmp_path):
 
 
 @needs_data
-def test_eval_of_a_checkpoint_trained_at_another_size_says_how_to_score_it_as_trained(tmp_path, caplog):
-    """A training checkpoint records its crop size; scoring a 64-px model on the yaml's 256-px crops
-    gives numbers near 0, so evaluation warns and names the overrides (the evaluation still runs)."""
+def test_eval_of_a_checkpoint_trained_at_another_size_says_how_to_score_it_as_trained(tmp_path, caplog, capsys):
+    """A training checkpoint records its crop size (weights saved alone have the run's config.yaml
+    beside them); scoring a 64-px model on the yaml's 256-px crops gives numbers near 0, so evaluation
+    warns and names the overrides (the evaluation still runs). The weights line says in words that a
+    FreeNet checkpoint gives the teacher, and how to pick the student."""
     yaml, sample = REPO / "experiments/ap10k/w32_256x256_ap10k.yaml", MMPOSE / "ap10k"
     weights = torch.load(_saved_model(tmp_path / "w8.pth", key=""))
     trained = load_config(yaml, ["MODEL.WIDTH", "8", "MODEL.IMAGE_SIZE", "[64,64]", "MODEL.HEATMAP_SIZE", "[16,16]"])
-    torch.save({"student_model": weights, "config": trained.dump()}, tmp_path / "checkpoint.pth")
+    torch.save({"teacher_model": weights, "student_model": weights, "config": trained.dump()},
+               tmp_path / "checkpoint.pth")
     common = ["--cfg", str(yaml), "DATASET.VAL_ANN_FILE", str(sample / "test_ap10k.json"), "DATASET.VAL_IMAGE_DIR",
-              str(sample), "MODEL.WIDTH", "8", "TEST.MODEL_FILE", str(tmp_path / "checkpoint.pth"), "--workers", "0"]
+              str(sample), "MODEL.WIDTH", "8", "--workers", "0"]
     main = _eval_cli()
-    assert main(common + ["OUTPUT_DIR", str(tmp_path / "a")]) == 0
+    assert main(common + ["TEST.MODEL_FILE", str(tmp_path / "checkpoint.pth"), "OUTPUT_DIR", str(tmp_path / "a")]) == 0
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warned == [f"{tmp_path / 'checkpoint.pth'} was trained on 64-px crops but is evaluated on 256-px ones "
                       "(MODEL.IMAGE_SIZE); to score it as trained, add MODEL.IMAGE_SIZE [64,64] MODEL.HEATMAP_SIZE "
                       "[16,16]"]
+    assert (f"weights: {tmp_path / 'checkpoint.pth'}: the teacher (base network) of a FreeNet checkpoint; "
+            "TEST.MODEL_KEY student_model picks the student\n") in capsys.readouterr().out
     caplog.clear()
-    assert main(common + ["OUTPUT_DIR", str(tmp_path / "b"), "MODEL.IMAGE_SIZE", "[64,64]",
-                          "MODEL.HEATMAP_SIZE", "[16,16]"]) == 0
+    assert main(common + ["TEST.MODEL_FILE", str(tmp_path / "checkpoint.pth"), "OUTPUT_DIR", str(tmp_path / "b"),
+                          "MODEL.IMAGE_SIZE", "[64,64]", "MODEL.HEATMAP_SIZE", "[16,16]"]) == 0
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+    run = tmp_path / "run"   # a training run's folder: best-oks.pth is a plain state_dict beside config.yaml
+    run.mkdir()
+    torch.save(weights, run / "best-oks.pth")
+    (run / "config.yaml").write_text(trained.dump())
+    caplog.clear()
+    assert main(common + ["TEST.MODEL_FILE", str(run / "best-oks.pth"), "OUTPUT_DIR", str(tmp_path / "c")]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith(
+        f"{run / 'best-oks.pth'} was trained on 64-px crops ({run / 'config.yaml'} says so) but is evaluated on "
+        "256-px ones")
+    assert f"weights: {run / 'best-oks.pth'}: a state_dict (the weights alone)\n" in capsys.readouterr().out
+
+
+def test_eval_cli_refuses_an_output_dir_it_cannot_write_before_any_work(tmp_path, capsys):
+    """OUTPUT_DIR is tried first: the error names it and the key, before the data (missing here) is looked at."""
+    weights = _saved_model(tmp_path / "w8.pth", key="")
+    (tmp_path / "taken").write_text("a file where the output folder would go")
+    out = tmp_path / "taken" / "eval"
+    assert _eval_cli()(["--cfg", str(REPO / "experiments/ap10k/w32_256x256_ap10k.yaml"), "MODEL.WIDTH", "8",
+                        "TEST.MODEL_FILE", str(weights), "DATASET.ROOT", str(tmp_path / "nowhere"),
+                        "OUTPUT_DIR", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"error: {out}: cannot write the evaluation's outputs there (OUTPUT_DIR): "
+                                         "Not a directory"]
+    assert captured.out == ""
+
+
+@needs_data
+def test_eval_cli_prints_the_metrics_before_a_failed_write(tmp_path, capsys, monkeypatch):
+    """A write that fails after the evaluation (a full disk) loses no result: the table comes first."""
+    spec = importlib.util.spec_from_file_location("eval_ap10k", REPO / "eval_ap10k.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def full_disk(output_dir, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module, "write_outputs", full_disk)
+    ann_file = MMPOSE / "ap10k" / "test_ap10k.json"
+    (tmp_path / "results.json").write_text(json.dumps(_gt_results(ann_file)))
+    assert module.main(["--cfg", str(REPO / "experiments/ap10k/w32_256x256_ap10k.yaml"), "--results",
+                        str(tmp_path / "results.json"), "DATASET.VAL_ANN_FILE", str(ann_file),
+                        "OUTPUT_DIR", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    header, values = captured.out.splitlines()[:2]
+    assert header.split() == list(METRIC_KEYS) and values.split()[:3] == ["1.000"] * 3   # AP AP50 AP75
+    assert captured.err.splitlines() == [f"error: {tmp_path / 'out'}: cannot write the outputs there (OUTPUT_DIR): "
+                                         "No space left on device; the metrics are above"]
 
 
 @needs_data

@@ -15,8 +15,8 @@ from torch import nn
 from freenet.checkpoint import CheckpointError, extract_state_dict
 from freenet.device import DeviceError, resolve_device
 from freenet.evaluation import box_centre_scale
-from freenet.inference import (PART_COLOURS, draw_pose, load_pose_model, pose_to_dict, predict,
-                               whole_image_box)
+from freenet.inference import (PART_COLOURS, describe_weights, draw_pose, load_pose_model, pose_to_dict, predict,
+                               training_record, whole_image_box)
 from freenet.joints import load_joint_set
 from freenet.models import PoseHighResolutionNet
 
@@ -217,8 +217,9 @@ def test_inference_example_writes_png_and_json(tmp_path, extra, capsys):
                             "--json", str(js), "--device", "cpu", "--threshold", "0.0"] + extra)
     assert code == 0
     out_lines = capsys.readouterr().out
-    assert f"weights: {tmp_path / 'w8.pth'} [student_model], joint set ap10k" in out_lines
-    assert "input 256 px (the default: the checkpoint records no training size" in out_lines
+    assert f"weights: {tmp_path / 'w8.pth'}: the student (adaptation network) of a FreeNet checkpoint\n" in out_lines
+    assert (f"joint set ap10k, input 256 px (the default: neither the checkpoint nor {tmp_path / 'config.yaml'} "
+            "records a training size; --size sets it)\n") in out_lines
     picture = cv2.imread(str(out))
     assert picture.shape == cv2.imread(str(TEST_JPG)).shape  # drawn on the original image
     result = json.loads(js.read_text())
@@ -235,6 +236,93 @@ def test_inference_example_wrong_joints_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "21 joints" in err
     assert not (tmp_path / "o.png").exists()
+
+
+def _run_folder(tmp_path, size=64):
+    """A training run's folder: best-oks.pth (the student's state_dict alone) beside config.yaml, whose
+    joint set is a renamed copy of ap10k (so where the set came from shows in its name)."""
+    from yacs.config import CfgNode
+
+    custom = json.loads(Path(load_joint_set("ap10k").path).read_text())
+    custom["name"] = "my_animals"
+    (tmp_path / "my_animals.json").write_text(json.dumps(custom))
+    run = tmp_path / "run"
+    run.mkdir()
+    _save(run / "best-oks.pth", 17, key="")
+    cfg = CfgNode({"DATASET": CfgNode({"JOINTS": str(tmp_path / "my_animals.json")}),
+                   "MODEL": CfgNode({"IMAGE_SIZE": [size, size], "WIDTH": 8})})
+    (run / "config.yaml").write_text(cfg.dump())
+    image = np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), image[..., ::-1])
+    return run, image
+
+
+def test_inference_example_takes_size_and_joint_set_from_the_runs_config_yaml(tmp_path, capsys):
+    """best-oks.pth holds weights only: the run's config.yaml beside it gives the input size and joint
+    set (a 64-px model run at 256 px predicts nonsense); --size and --joints win over it."""
+    run, image = _run_folder(tmp_path)
+    args = ["--image", str(tmp_path / "a.png"), "--weights", str(run / "best-oks.pth"),
+            "--out", str(tmp_path / "o.png"), "--json", str(tmp_path / "k.json")]
+    assert _example_main()(args) == 0
+    out = capsys.readouterr().out
+    assert f"weights: {run / 'best-oks.pth'}: a state_dict (the weights alone)\n" in out
+    assert f"joint set my_animals, input 64 px (from {run / 'config.yaml'})\n" in out
+    model, _, _ = load_pose_model(run / "best-oks.pth", joints="ap10k")
+    expected, _ = predict(model, image, input_size=64)
+    got = json.loads((tmp_path / "k.json").read_text())
+    assert got["joint_set"] == "my_animals"
+    np.testing.assert_allclose([[k["x"], k["y"]] for k in got["keypoints"]], expected, atol=1e-4)
+
+    assert _example_main()(args + ["--size", "128", "--joints", "ap10k"]) == 0
+    assert "joint set ap10k, input 128 px\n" in capsys.readouterr().out
+    expected, _ = predict(model, image, input_size=128)
+    got = json.loads((tmp_path / "k.json").read_text())
+    np.testing.assert_allclose([[k["x"], k["y"]] for k in got["keypoints"]], expected, atol=1e-4)
+
+
+def test_a_config_yaml_that_does_not_parse_is_passed_over_with_a_warning(tmp_path, caplog):
+    run, _ = _run_folder(tmp_path)
+    checkpoint = torch.load(run / "best-oks.pth")
+    record = training_record(checkpoint, run / "best-oks.pth")
+    assert (record.input_size, record.joints, record.source) == (64, str(tmp_path / "my_animals.json"),
+                                                                 str(run / "config.yaml"))
+    assert training_record(checkpoint).input_size is None   # no file named: nothing beside it to read
+    (run / "config.yaml").write_text("MODEL: [64\n")
+    record = training_record(checkpoint, run / "best-oks.pth")
+    assert record.input_size is None and record.joints is None
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"{run / 'config.yaml'}: not read"]
+    assert load_pose_model(run / "best-oks.pth")[1].name == "ap10k"   # the bundled set of 17 joints
+
+
+def test_describe_weights_says_which_network_and_how_to_pick_the_other():
+    both = {"teacher_model": {}, "student_model": {}}
+    assert describe_weights(both, "teacher_model", "", "--key") == (
+        "the teacher (base network) of a FreeNet checkpoint; --key student_model picks the student")
+    assert describe_weights(both, "teacher_model", "teacher_model", "--key") == (
+        "the teacher (base network) of a FreeNet checkpoint")                     # asked for: no advice
+    assert describe_weights({"teacher_model": {}}, "teacher_model", "", "--key") == (
+        "the teacher (base network) of a FreeNet checkpoint")                     # no student to pick
+    assert describe_weights(both, "student_model", "student_model", "TEST.MODEL_KEY") == (
+        "the student (adaptation network) of a FreeNet checkpoint")
+    assert describe_weights({}, "(raw dict)", "", "--key") == "a state_dict (the weights alone)"
+    assert describe_weights({}, "state_dict", "", "--key") == "the weights under 'state_dict'"
+
+
+def test_inference_example_says_a_freenet_checkpoint_gives_the_teacher(tmp_path, capsys):
+    model = PoseHighResolutionNet(num_joints=17, width=8)
+    torch.save({"teacher_model": model.state_dict(), "student_model": model.state_dict()}, tmp_path / "checkpoint.pth")
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((48, 64, 3), 128, np.uint8))
+    assert _example_main()(["--image", str(tmp_path / "a.png"), "--weights", str(tmp_path / "checkpoint.pth"),
+                            "--size", "64", "--out", str(tmp_path / "o.png")]) == 0
+    assert (f"weights: {tmp_path / 'checkpoint.pth'}: the teacher (base network) of a FreeNet checkpoint; "
+            "--key student_model picks the student\n") in capsys.readouterr().out
+
+
+def test_inference_example_help_says_what_visible_means(capsys):
+    with pytest.raises(SystemExit):
+        _example_main()(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert '"visible" says whether a joint does (false: scored below it' in help_text
 
 
 def test_inference_example_missing_image_is_one_line(tmp_path, capfd):

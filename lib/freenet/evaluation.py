@@ -5,7 +5,7 @@ The pipeline, in the order the data flows:
     eval_records      every usable GT instance of the val file; centre + scale of its padded square box (§11.1)
     crop_matrices     centre -> (S/2, S/2), padded side -> S px; bilinear warp (§11.2)
     flip_back         flipped output -> flip-pair channel swap + one-column shift (§11.3)
-    decode_heatmaps   argmax + quarter offset, back-projected to image pixels (§11.4)
+    decode_heatmaps   argmax + quarter offset, back-projected to image pixels (§11.4; also inference's)
     instance_scores   mean of the joint scores above IN_VIS_THRE (§11.5)
     oks_nms           greedy OKS-NMS per image (§11.5)
     coco_keypoint_metrics   pycocotools COCOeval with the joint set's sigmas (§11.5, §11.6)
@@ -25,6 +25,7 @@ import contextlib
 import io
 import logging
 import os
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,18 +255,20 @@ def heatmap_to_image(coords: torch.Tensor, centres: torch.Tensor, scales: torch.
 
 
 def decode_heatmaps(heatmaps: torch.Tensor, centres, scales, post_process: bool = True
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Heatmaps -> keypoints in image px and their scores (SPEC §11.4).
 
-    heatmaps (B, J, H, W); centres (B, 2) and scales (B,) of the crops (arrays or tensors).
-    Argmax (§5.3), quarter-pixel offset toward the higher neighbour when ``post_process``, then
-    the back-projection. Returns coords (B, J, 2) and maxvals (B, J), on the heatmaps' device.
+    heatmaps (B, J, H, W); centres (B, 2) and scales (B,) of the crops (arrays or tensors, on any
+    device: they are moved to the heatmaps'). Argmax (§5.3), quarter-pixel offset toward the higher
+    neighbour when ``post_process``, then the back-projection. Returns coords (B, J, 2) image px,
+    maxvals (B, J) and the raw argmax (B, J, 2) heatmap px (what PCK compares, §11.7).
     """
-    coords, maxvals = argmax_keypoints(heatmaps)
-    if post_process:
-        coords = refine_quarter_offset(heatmaps, coords)
+    argmax, maxvals = argmax_keypoints(heatmaps)
+    coords = refine_quarter_offset(heatmaps, argmax) if post_process else argmax
     size = (heatmaps.shape[-1], heatmaps.shape[-2])
-    return heatmap_to_image(coords, torch.as_tensor(centres), torch.as_tensor(scales), size), maxvals
+    centres = torch.as_tensor(centres).to(heatmaps.device)
+    scales = torch.as_tensor(scales).to(heatmaps.device)
+    return heatmap_to_image(coords, centres, scales, size), maxvals, argmax
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,14 +355,16 @@ def coco_results(records: EvalRecords, keypoints: np.ndarray, maxvals: np.ndarra
 # ----------------------------------------------------------------------------------------------
 
 def coco_ground_truth(data: dict, ann_file: str | os.PathLike = "<dict>") -> COCO:
-    """A pycocotools COCO index over an already-parsed file (quietly).
+    """A pycocotools COCO index over an already-parsed file (quietly); ``data`` is left as it is.
 
     Filled in where a file lacks them, as the records read it (:func:`eval_records`): ``iscrowd``
     0, ``category_id`` 1 and a ``categories`` list of the annotations' ids; no ``keypoints`` (a
     box-only region) is none labeled, which ``num_keypoints`` (COCOeval's ignore flag) then says.
-    ``area`` and ``bbox`` cannot be guessed and must be there.
+    ``area`` and ``bbox`` cannot be guessed and must be there. The index holds copies of the
+    annotation dicts (filled in) and shares everything else with ``data``.
     """
-    for ann in data.get("annotations", []):
+    data = {**data, "annotations": [dict(ann) for ann in data.get("annotations", [])]}
+    for ann in data["annotations"]:
         if not ann.get("keypoints"):
             ann["keypoints"] = []
         if "num_keypoints" not in ann:
@@ -370,7 +375,7 @@ def coco_ground_truth(data: dict, ann_file: str | os.PathLike = "<dict>") -> COC
             if key not in ann:
                 raise DataError(ann_file, f"annotation has no '{key}' (COCOeval needs it for OKS)", ann.get("id"))
     if "categories" not in data:
-        data["categories"] = [{"id": c} for c in sorted({a["category_id"] for a in data.get("annotations", [])})]
+        data["categories"] = [{"id": c} for c in sorted({a["category_id"] for a in data["annotations"]})]
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -486,6 +491,18 @@ def format_metrics_table(metrics: dict, joint_set: JointSet | None = None) -> st
     if "num_instances" in metrics:
         lines.append(f"{metrics['num_instances']} instances")
     return "\n".join(lines)
+
+
+def check_output_dir(output_dir: str | os.PathLike, key: str = "OUTPUT_DIR") -> None:
+    """Make ``output_dir`` and write a file in it, so that a folder the outputs cannot go to is said
+    (naming it and the setting ``key``) before an evaluation, not after it."""
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as e:
+        raise EvaluationError(f"{output_dir}: cannot write the evaluation's outputs there ({key}): "
+                              f"{e.strerror or e}") from None
 
 
 def write_outputs(output_dir: str | os.PathLike, metrics: dict, results: list | None = None) -> None:
@@ -652,11 +669,7 @@ class Evaluator:
                                   f"'{self.joint_set.name}' has {self.joint_set.num_joints}")
         centres = torch.from_numpy(self.records.centres) if centres is None else centres
         scales = torch.from_numpy(self.records.scales) if scales is None else scales
-        argmax, maxvals = argmax_keypoints(heatmaps)
-        coords = refine_quarter_offset(heatmaps, argmax) if self.settings.post_process else argmax
-        coords = heatmap_to_image(coords, centres[index].to(heatmaps.device), scales[index].to(heatmaps.device),
-                                  (size, size))
-        return coords, maxvals, argmax
+        return decode_heatmaps(heatmaps, centres[index], scales[index], self.settings.post_process)
 
     def _crop_batches(self, progress: bool, device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
         """(first record index, uint8 crops (B, 3, S, S)) in record order; from the cache once filled."""
@@ -706,21 +719,20 @@ class Evaluator:
         """Metrics of per-record predictions (keypoints (N, J, 2) image px, maxvals (N, J)); PCK when
         the raw heatmap argmax (N, J, 2) is given. Writes results/metrics JSON under ``output_dir``."""
         results = self.results(np.asarray(keypoints), np.asarray(maxvals))
+        metrics = self.metrics_of(results, argmax)
+        if output_dir is not None:
+            write_outputs(output_dir, metrics, results)
+        return metrics
+
+    def metrics_of(self, results: list[dict], argmax: np.ndarray | None = None) -> dict:
+        """OKS AP/AR of COCO results (from :meth:`results`), PCK when the raw argmax is given, and
+        the number of instances."""
         metrics = coco_keypoint_metrics(self.coco, results, self.sigmas)
         if argmax is not None:
             per_joint, _ = pck(argmax, self.gt_peaks, self.gt_valid, self.settings.heatmap_size)
             metrics.update(pck_summary(per_joint, self.joint_set))
         metrics["num_instances"] = len(self.records)
-        if output_dir is not None:
-            write_outputs(output_dir, metrics, results)
         return metrics
-
-
-def evaluate(model: nn.Module, evaluator_or_cfg, device=None, output_dir=None, amp: bool = False,
-             progress: bool = False) -> dict:
-    """One-off evaluation; in a loop, build an :class:`Evaluator` once and call it instead."""
-    evaluator = evaluator_or_cfg if isinstance(evaluator_or_cfg, Evaluator) else Evaluator.from_config(evaluator_or_cfg)
-    return evaluator(model, device, output_dir, amp, progress)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -751,29 +763,31 @@ def val_data(cfg) -> tuple[Path, Path, dict]:
 
 
 def evaluate_from_config(cfg, protocol: str | None = None, results_file: str = "", progress: bool = True
-                         ) -> tuple[dict, JointSet]:
+                         ) -> tuple[dict, list | None, JointSet]:
     """What ``eval_ap10k.py`` does: score TEST.MODEL_FILE (or an existing results file) on the val set.
 
-    Writes ``metrics.json`` (and, for a model, ``results.json``) under OUTPUT_DIR.
+    Returns the metrics, the COCO results (None when scoring a results file) and the joint set. The
+    caller shows the metrics, then writes them under OUTPUT_DIR (:func:`write_outputs`), so a failed
+    write loses no result; OUTPUT_DIR is made and tried before any work (:func:`check_output_dir`).
     """
     from freenet.checkpoint import load_checkpoint, load_model_weights
     from freenet.device import resolve_device
-    from freenet.inference import trained_input_size
+    from freenet.inference import describe_weights, training_record
 
     joint_set = configured_joint_set(cfg)
     protocol = protocol or cfg.TEST.PROTOCOL
     sigmas = joint_set.sigmas_for(protocol)
     results_file = results_file or cfg.TEST.RESULTS_FILE
+    if not results_file and not cfg.TEST.MODEL_FILE:
+        raise EvaluationError("no model to evaluate: set TEST.MODEL_FILE <checkpoint> (or give --results FILE)")
+    check_output_dir(cfg.OUTPUT_DIR)
     if results_file:
         ann_file = val_data(cfg)[0]
         # The results are in the joint set's order (as this tool writes them); so must the GT be (§2.2).
         gt = coco_ground_truth(in_joint_set_order(ann_file, load_coco_json(ann_file), joint_set), ann_file)
         metrics = coco_keypoint_metrics(gt, results_file, sigmas)
         metrics["results_file"] = str(results_file)
-        write_outputs(cfg.OUTPUT_DIR, metrics)
-        return metrics, joint_set
-    if not cfg.TEST.MODEL_FILE:
-        raise EvaluationError("no model to evaluate: set TEST.MODEL_FILE <checkpoint> (or give --results FILE)")
+        return metrics, None, joint_set
     try:
         device = resolve_device(cfg.DEVICE)
     except RuntimeError as e:  # e.g. DEVICE cuda on a machine without CUDA
@@ -781,14 +795,19 @@ def evaluate_from_config(cfg, protocol: str | None = None, results_file: str = "
     model = PoseHighResolutionNet(num_joints=joint_set.num_joints, width=cfg.MODEL.WIDTH)
     checkpoint = load_checkpoint(cfg.TEST.MODEL_FILE)
     where = load_model_weights(model, cfg.TEST.MODEL_FILE, cfg.TEST.MODEL_KEY, checkpoint)
-    trained, size = trained_input_size(checkpoint), int(cfg.MODEL.IMAGE_SIZE[0])
-    if trained is not None and trained != size:   # a 64-px model scored on 256-px crops scores about 0
-        log.warning("%s was trained on %d-px crops but is evaluated on %d-px ones (MODEL.IMAGE_SIZE); to score it "
-                    "as trained, add MODEL.IMAGE_SIZE [%d,%d] MODEL.HEATMAP_SIZE [%d,%d]", cfg.TEST.MODEL_FILE,
-                    trained, size, trained, trained, trained // 4, trained // 4)
+    trained, size = training_record(checkpoint, cfg.TEST.MODEL_FILE), int(cfg.MODEL.IMAGE_SIZE[0])
+    if trained.input_size not in (None, size):   # a 64-px model scored on 256-px crops scores about 0
+        t = trained.input_size
+        said = "" if trained.source == str(cfg.TEST.MODEL_FILE) else f" ({trained.source} says so)"
+        log.warning("%s was trained on %d-px crops%s but is evaluated on %d-px ones (MODEL.IMAGE_SIZE); to score "
+                    "it as trained, add MODEL.IMAGE_SIZE [%d,%d] MODEL.HEATMAP_SIZE [%d,%d]", cfg.TEST.MODEL_FILE,
+                    t, said, size, t, t, t // 4, t // 4)
     evaluator = Evaluator.from_config(cfg, joint_set, protocol)
     model = model.to(device, memory_format=torch.channels_last)
-    metrics = evaluator(model, device, output_dir=cfg.OUTPUT_DIR, progress=progress)
-    metrics.update({"model_file": str(cfg.TEST.MODEL_FILE), "model_key": where, "protocol": protocol})
-    write_outputs(cfg.OUTPUT_DIR, metrics)  # again, now with where the numbers come from
-    return metrics, joint_set
+    keypoints, maxvals, argmax = evaluator.predict(model, device, progress=progress)
+    results = evaluator.results(keypoints, maxvals)
+    metrics = evaluator.metrics_of(results, argmax)
+    metrics.update({"model_file": str(cfg.TEST.MODEL_FILE), "model_key": where,
+                    "weights": describe_weights(checkpoint, where, cfg.TEST.MODEL_KEY, "TEST.MODEL_KEY"),
+                    "protocol": protocol})
+    return metrics, results, joint_set

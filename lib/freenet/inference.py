@@ -10,11 +10,16 @@ The crop, flip test, decoding and back-projection are the evaluation's own funct
 """
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
 
 import cv2
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from freenet.checkpoint import CheckpointError, check_compatible, extract_state_dict, load_checkpoint
@@ -22,6 +27,17 @@ from freenet.data.transforms import normalize_images
 from freenet.evaluation import box_centre_scale, crop_matrices, decode_heatmaps, flip_back, warp_crop
 from freenet.joints import JointSet, JointSetError, load_joint_set
 from freenet.models import PoseHighResolutionNet, fold_batchnorm
+
+log = logging.getLogger(__name__)
+
+# A training run's resolved config, in the run folder beside checkpoint.pth and best-*.pth / best.pth.
+RUN_CONFIG = "config.yaml"
+
+# What the weights found under a checkpoint key are (SPEC §1 names the networks, §11.9 the key order);
+# "(raw dict)" is how extract_state_dict names a file holding the weights alone.
+WEIGHTS_IN_WORDS = {"teacher_model": "the teacher (base network) of a FreeNet checkpoint",
+                    "student_model": "the student (adaptation network) of a FreeNet checkpoint",
+                    "(raw dict)": "a state_dict (the weights alone)"}
 
 # Joint set assumed for a checkpoint of J joints when none is named (20: the FreeNet AnimalPose order).
 DEFAULT_JOINT_SETS = {17: "ap10k", 19: "tigdog", 20: "animalpose", 21: "union21", 24: "union24"}
@@ -36,8 +52,9 @@ def load_pose_model(weights: str | os.PathLike, joints: str | os.PathLike | None
                     ) -> tuple[PoseHighResolutionNet, JointSet, str]:
     """An HRNet built to fit a checkpoint: J and width are read off ``final_layer.weight``.
 
-    ``joints`` (bundled name or file) defaults to the joint set a training checkpoint was trained
-    with (``DATASET.JOINTS`` of its stored config), else to :data:`DEFAULT_JOINT_SETS` [J]. The
+    ``joints`` (bundled name or file) defaults to the joint set the weights were trained with
+    (``DATASET.JOINTS`` of :func:`training_record`: the checkpoint's stored config, else the run's
+    ``config.yaml`` beside the file), else to :data:`DEFAULT_JOINT_SETS` [J]. The
     checkpoint key search is SPEC §11.9's (``key`` picks one). Returns (model in eval mode, joint
     set, key used). Raises :class:`CheckpointError` (one line) when the file does not fit.
     ``checkpoint``: the contents of ``weights`` when the caller has already loaded them. ``fold``
@@ -51,7 +68,8 @@ def load_pose_model(weights: str | os.PathLike, joints: str | os.PathLike | None
     if final is None or final.ndim != 4:
         raise CheckpointError(f"{weights}: no 'final_layer.weight' in '{where}': not an HRNet pose checkpoint")
     num_joints, width = final.shape[0], final.shape[1]
-    joint_set = load_joint_set(joints) if joints is not None else _default_joint_set(checkpoint, num_joints, weights)
+    joint_set = (load_joint_set(joints) if joints is not None
+                 else _default_joint_set(training_record(checkpoint, weights), num_joints, weights))
     if joint_set.num_joints != num_joints:
         raise CheckpointError(f"{weights}: checkpoint predicts {num_joints} joints but joint set '{joint_set.name}' "
                               f"has {joint_set.num_joints}")
@@ -62,10 +80,10 @@ def load_pose_model(weights: str | os.PathLike, joints: str | os.PathLike | None
     return (fold_batchnorm(model) if fold else model), joint_set, where
 
 
-def _default_joint_set(checkpoint, num_joints: int, weights) -> JointSet:
-    """The training run's joint set when the checkpoint records one that still loads, else the
+def _default_joint_set(record: TrainingRecord, num_joints: int, weights) -> JointSet:
+    """The training run's joint set when its config records one that still loads, else the
     bundled set of that size."""
-    trained = (stored_config(checkpoint) or {}).get("DATASET", {}).get("JOINTS")
+    trained = record.joints
     recorded = ""
     if trained:
         try:
@@ -90,10 +108,69 @@ def stored_config(checkpoint):
     return CfgNode.load_cfg(checkpoint["config"])
 
 
-def trained_input_size(checkpoint) -> int | None:
-    """The input crop size a training checkpoint was trained at (from its stored config), if recorded."""
-    size = (stored_config(checkpoint) or {}).get("MODEL", {}).get("IMAGE_SIZE")
-    return int(size[0]) if size else None
+@dataclass(frozen=True)
+class TrainingRecord:
+    """The resolved config the weights were trained with, as far as it is known, and where it was read."""
+
+    config: Mapping | None = None
+    source: str = ""            # the checkpoint file, or the run's config.yaml beside it
+
+    def _setting(self, section: str, key: str):
+        part = (self.config or {}).get(section)
+        return part.get(key) if isinstance(part, Mapping) else None
+
+    @property
+    def input_size(self) -> int | None:
+        """MODEL.IMAGE_SIZE (square crops: its first side)."""
+        size = self._setting("MODEL", "IMAGE_SIZE")
+        return int(size[0]) if isinstance(size, (list, tuple)) and size else None
+
+    @property
+    def joints(self) -> str | None:
+        """DATASET.JOINTS: a bundled joint-set name or a joint-set file."""
+        joints = self._setting("DATASET", "JOINTS")
+        return str(joints) if joints else None
+
+
+def training_record(checkpoint, weights: str | os.PathLike | None = None) -> TrainingRecord:
+    """How the weights were trained: the config a FreeNet training checkpoint stores, else the run's
+    ``config.yaml`` in the weights' folder (``best-oks.pth``, ``best-pck.pth`` and ``best.pth`` hold
+    the weights alone, beside it). Empty when neither exists; a config.yaml that does not parse
+    as a yaml mapping is passed over with a warning naming it."""
+    stored = stored_config(checkpoint)
+    if stored is not None:
+        return TrainingRecord(stored, str(weights) if weights is not None else "the checkpoint")
+    path = Path(weights).parent / RUN_CONFIG if weights is not None else None
+    if path is None or not path.is_file():
+        return TrainingRecord()
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        log.warning("%s: not read (%s), so the training size and joint set are not taken from it", path,
+                    str(e).splitlines()[0])
+        return TrainingRecord()
+    if not isinstance(config, dict):
+        log.warning("%s: not a yaml mapping, so the training size and joint set are not taken from it", path)
+        return TrainingRecord()
+    return TrainingRecord(config, str(path))
+
+
+def trained_input_size(checkpoint, weights: str | os.PathLike | None = None) -> int | None:
+    """The input crop size the weights were trained at (:func:`training_record`), if recorded."""
+    return training_record(checkpoint, weights).input_size
+
+
+def describe_weights(checkpoint, where: str, key: str, key_option: str) -> str:
+    """The weights found under ``where`` (by :func:`~freenet.checkpoint.extract_state_dict`), in words.
+
+    SPEC §11.9's key order takes the teacher of a FreeNet checkpoint holding both networks; unless
+    ``key`` asked for it, the words then say how to take the student instead (``key_option``: the
+    tool's flag or config key, ``--key`` or ``TEST.MODEL_KEY``).
+    """
+    words = WEIGHTS_IN_WORDS.get(where, f"the weights under '{where}'")
+    if where == "teacher_model" and not key and isinstance(checkpoint, Mapping) and "student_model" in checkpoint:
+        words += f"; {key_option} student_model picks the student"
+    return words
 
 
 def whole_image_box(image: np.ndarray) -> np.ndarray:
@@ -135,7 +212,7 @@ def predict(model: nn.Module, image: np.ndarray, box=None, flip: bool = False, d
                 heat = (heat[:1] + flip_back(heat[1:], joint_set.flip_index, shift)) * 0.5
     finally:
         model.train(was_training)
-    coords, maxvals = decode_heatmaps(heat, centres, scales, post_process)
+    coords, maxvals, _ = decode_heatmaps(heat, centres, scales, post_process)
     return coords[0].cpu().numpy().astype(np.float32), maxvals[0].cpu().numpy().astype(np.float32)
 
 
@@ -177,7 +254,8 @@ def draw_pose(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, join
 
 def pose_to_dict(keypoints: np.ndarray, scores: np.ndarray, joint_set: JointSet, threshold: float = 0.4,
                  image: str = "", box=None) -> dict:
-    """JSON-ready prediction: one entry per joint with name, x, y, score and whether it passes ``threshold``."""
+    """JSON-ready prediction: one entry per joint with name, x, y, score and ``visible``: whether the
+    score reaches ``threshold`` (the joints :func:`draw_pose` draws), not the GT visibility flag."""
     return {
         "image": str(image),
         "box": None if box is None else [float(v) for v in box],
