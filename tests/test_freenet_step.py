@@ -138,6 +138,9 @@ def test_labeled_only_ablation_has_no_pseudo_labels_or_feedback():
     ref = make_step(feedback_start=0)
     out = step(3, L, None)
     assert set(out) == {"s_loss", "t_loss"}
+    assert not step.feedback_on(3, None)
+    with pytest.raises(ValueError, match="the feedback term needs an unlabeled batch"):
+        step.run(L, None, True, 1.0, 1.0)
     # reference: the same student update done by hand
     ref_student = ref.student
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """--resume continues a run with its own settings (SPEC §9); checkpoints that do not fit fail in one line."""
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from freenet.checkpoint import CheckpointError
 from freenet.cli import parse_run_args
 from freenet.engine import TrainState, checkpoint_state, restore
+from freenet.errors import DataError
 from freenet.fileio import write_text_atomic
 from freenet.models import PoseHighResolutionNet
 from freenet.optim import make_optimized
@@ -99,6 +101,20 @@ def test_output_folders_and_files_with_a_file_in_the_way_are_refused_by_flag(tmp
     assert args.output_dir == str(tmp_path / "new" / "runs") and args.save_as == str(tmp_path / "new" / "w.pth")
 
 
+def test_output_folders_that_cannot_be_written_are_refused_by_flag(tmp_path, capsys, monkeypatch):
+    import freenet.cli
+
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    access = os.access   # the tests may run as root, whom permissions do not stop: os.access stands in
+    monkeypatch.setattr(freenet.cli.os, "access", lambda path, mode: Path(path) != read_only and access(path, mode))
+    for flag, value in (("--output-dir", read_only / "runs"), ("--save-as", read_only / "w.pth")):
+        with pytest.raises(SystemExit):
+            supervised_parser().parse_args([flag, str(value)])
+        assert f"argument {flag}: cannot write in {read_only} (permission denied)" in capsys.readouterr().err
+    assert supervised_parser().parse_args(["--output-dir", str(tmp_path / "runs")]).output_dir == str(tmp_path / "runs")
+
+
 def test_a_corrupt_args_json_names_the_file(tmp_path):
     parser = supervised_parser()
     (tmp_path / "args.json").write_text("{not json")
@@ -130,6 +146,16 @@ def test_resume_restores_the_loss_window(tmp_path):
     back = restore(str(tmp_path / "checkpoint.pth"), *nets)
     assert back.step == 4 and back.window_steps == 3
     assert {k: float(v) for k, v in back.window.items()} == {"s_loss": 1.5, "t_loss": 2.5}
+    # best.json: per-metric steps; one from before them (a single "step") still reads; a broken one is named
+    (tmp_path / "best.json").write_text('{"best_oks": 0.5, "best_pck": 0.25, "step": 3, "evaluated_step": 4}')
+    back = restore(str(tmp_path / "checkpoint.pth"), *nets)
+    assert (back.best_oks, back.best_oks_step, back.best_pck, back.best_pck_step) == (0.5, 3, 0.25, 3)
+    (tmp_path / "best.json").write_text('{"best_oks": 0.5, "best_oks_step": 1, "best_pck": 0.25, "best_pck_step": 2}')
+    back = restore(str(tmp_path / "checkpoint.pth"), *nets)
+    assert (back.best_oks_step, back.best_pck_step) == (1, 2)
+    (tmp_path / "best.json").write_text('{"best_oks": 0.5,')
+    with pytest.raises(DataError, match=r"best.json: cannot read the run's best scores \(JSONDecodeError"):
+        restore(str(tmp_path / "checkpoint.pth"), *nets)
 
 
 def test_atomic_files_get_the_normal_mode(tmp_path):

@@ -224,11 +224,14 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root, t
     assert torch.load(first, weights_only=False)["step"] == 7
 
 
+@pytest.mark.parametrize("where", ["evaluation", "logged"])
 def test_a_run_stopped_inside_an_evaluation_evaluates_that_step_when_resumed(synthetic_root, tmp_path, monkeypatch,
-                                                                             caplog):
+                                                                             caplog, where):
     """checkpoint.pth is written before each evaluation (SPEC §9); one that did not finish (a second
     Ctrl-C, out of memory, a killed job) runs again on resume, so the logs and best-oks.pth are an
-    uninterrupted run's. The stand-in evaluator scores AP 0.1, 0.9, 0.2 at steps 0, 1, 2."""
+    uninterrupted run's — also when it stopped after logging the evaluation, before best.json said
+    it had finished. The stand-in evaluator scores AP 0.1, 0.9, 0.2 at steps 0, 1, 2."""
+    import freenet.engine
     import freenet.training
     from freenet.training import run
 
@@ -237,13 +240,21 @@ def test_a_run_stopped_inside_an_evaluation_evaluates_that_step_when_resumed(syn
     def build_evaluator(cfg, joint_set, device):
         def evaluate(model):
             step = torch.load(only_run_dir(out) / "checkpoint.pth", weights_only=False)["step"]
-            if step == crash["at"]:
+            if step == crash["at"] and where == "evaluation":
                 crash["at"] = None
                 raise KeyboardInterrupt   # inside the student's evaluation
             return {"AP": scores[step], "PCK": scores[step]}
         return evaluate
 
+    def write_json_atomic(path, data):
+        if data.get("evaluated_step") == crash["at"] and where == "logged":
+            crash["at"] = None
+            raise KeyboardInterrupt       # val_log.txt and metrics.jsonl have the step's lines
+        write_json(path, data)
+
+    write_json = freenet.engine.write_json_atomic
     monkeypatch.setattr(freenet.training, "build_evaluator", build_evaluator)
+    monkeypatch.setattr(freenet.engine, "write_json_atomic", write_json_atomic)
     out = tmp_path / "straight"
     assert run("train_split_ap10k", ["--level", "1", *tiny_args(synthetic_root, out, steps=3, eval_step=1)]) == 0
     out, crash["at"] = tmp_path / "halves", 1
@@ -259,8 +270,9 @@ def test_a_run_stopped_inside_an_evaluation_evaluates_that_step_when_resumed(syn
     straight, halves = (only_run_dir(tmp_path / d) for d in ("straight", "halves"))
     for name in ("val_log.txt", "metrics.jsonl", "best.json"):
         assert (straight / name).read_text() == (halves / name).read_text(), name
-    assert json.loads((halves / "best.json").read_text()) == {"best_oks": 0.9, "best_pck": 0.9, "step": 1,
-                                                              "epoch": 1, "evaluated_step": 2}
+    assert json.loads((halves / "best.json").read_text()) == {"best_oks": 0.9, "best_oks_step": 1, "best_pck": 0.9,
+                                                              "best_pck_step": 1, "evaluated_step": 2}
+    assert len((halves / "val_log.txt").read_text().splitlines()) == 3
     a, b = (torch.load(d / "best-oks.pth", weights_only=True) for d in (straight, halves))
     assert all(torch.equal(v, b[k]) for k, v in a.items())      # the step-1 student, in both
 
@@ -422,3 +434,41 @@ def test_a_signal_saves_and_the_run_resumes(synthetic_root, tmp_path, signame, g
                                                              eval_step=100000)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(ckpt_path, weights_only=False)["step"] == step + 2
+
+
+def test_weights_that_are_no_longer_numbers_stop_the_run_before_they_are_saved(synthetic_root, tmp_path, monkeypatch,
+                                                                               capsys):
+    """A diverged network is not checkpointed: the run stops with the last good checkpoint on disk."""
+    import freenet.training
+    from freenet.freenet_step import FreeNetStep
+
+    class Diverging(FreeNetStep):
+        def __call__(self, step, labeled, unlabeled):
+            out = super().__call__(step, labeled, unlabeled)
+            if step == 3:       # the last step: the teacher, which learns from the student, is not hit yet
+                with torch.no_grad():
+                    next(self.student.model.parameters()).fill_(float("nan"))
+            return out
+
+    monkeypatch.setattr(freenet.training, "FreeNetStep", Diverging)
+    assert freenet.training.run("finetune", tiny_args(synthetic_root, tmp_path, steps=4, eval_step=2)) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "error: the student's weights are not finite numbers after step 4 (diverged: lower its learning rate")
+    run_dir = only_run_dir(tmp_path)
+    ckpt = torch.load(run_dir / "checkpoint.pth", weights_only=False)
+    assert ckpt["step"] == 1 and all(v.isfinite().all() for v in ckpt["student_model"].values()
+                                     if v.is_floating_point())
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_resume_that_changes_what_the_run_computes_says_so(synthetic_root, tmp_path, caplog):
+    from freenet.training import run
+
+    assert run("finetune", tiny_args(synthetic_root, tmp_path, steps=2, eval_step=2, extra=["--stop-step", "1"])) == 0
+    ckpt = only_run_dir(tmp_path) / "checkpoint.pth"
+    with caplog.at_level("WARNING", logger="freenet"):
+        assert run("finetune", ["--resume", str(ckpt), "--workers", "0", "MODEL.SIGMA", "3.0",
+                                "DATASET.ROT_FACTOR", "45", "DATASET.ROOT", str(synthetic_root)]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert ("--resume with other settings than the run: MODEL.SIGMA 3.0 (the run used 2.0); the result will differ "
+            "from an uninterrupted run") in warnings, warnings

@@ -18,13 +18,13 @@ from freenet import distributed
 from freenet.checkpoint import CheckpointError
 from freenet.config import ConfigError, configured_joint_set, load_config
 from freenet.device import DeviceError, autocast_dtype, configure_backends, resolve_device, usable_cpus
-from freenet.errors import DataError, EvaluationError
+from freenet.errors import DataError, EvaluationError, TrainingError
 from freenet.joints import JointSet, JointSetError
 
 log = logging.getLogger("freenet")
 
 # Errors a user can fix (bad data, missing file, wrong checkpoint): one line, no traceback.
-USER_ERRORS = (DataError, CheckpointError, ConfigError, JointSetError, EvaluationError, DeviceError,
+USER_ERRORS = (DataError, CheckpointError, ConfigError, JointSetError, EvaluationError, DeviceError, TrainingError,
                FileNotFoundError)
 
 
@@ -65,11 +65,13 @@ def real(low: float, high: float = math.inf, low_open: bool = False) -> Callable
 
 def folder_path(text: str) -> str:
     """argparse type of a folder to be made (``--output-dir``): refused at once where a file stands in
-    its way, instead of a traceback after the data has loaded."""
-    for path in (Path(text), *Path(text).parents):
+    its way or the folder cannot be written, instead of a traceback after the data has loaded."""
+    for path in (Path(text), *Path(text).absolute().parents):
         if path.exists():
             if not path.is_dir():
                 raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise argparse.ArgumentTypeError(f"cannot write in {path} (permission denied)")
             break
     return text
 
@@ -200,6 +202,7 @@ def parse_run_args(parser: argparse.ArgumentParser, argv=None,
             except (OSError, ValueError) as e:
                 raise DataError(saved_file, f"cannot read the run's arguments ({e})") from e
             given = given_flags(parser, argv)
+            new_opts = list(args.opts or [])
             merged = vars(args)
             for dest, value in saved.items():
                 if dest not in merged or dest in EXECUTION_FLAGS:
@@ -208,10 +211,11 @@ def parse_run_args(parser: argparse.ArgumentParser, argv=None,
                     merged[dest] = value
                 elif json.dumps(merged[dest], default=str) != json.dumps(value, default=str):
                     notes.append(f"{dest} {merged[dest]} (the run used {value})")
-            merged["opts"] = list(saved.get("opts") or []) + list(args.opts or [])
+            merged["opts"] = list(saved.get("opts") or []) + new_opts
             if "cfg" not in given:
                 saved_cfg = run / "config.yaml"
                 merged["cfg"] = str(saved_cfg) if saved_cfg.is_file() else saved.get("cfg", args.cfg)
+                notes += _changed_keys(merged["cfg"], new_opts)
             args = argparse.Namespace(**merged)
             if notes:
                 notes = ["--resume with other settings than the run: " + ", ".join(notes) +
@@ -222,6 +226,25 @@ def parse_run_args(parser: argparse.ArgumentParser, argv=None,
     if missing:
         parser.error("the following arguments are required: " + ", ".join(f"--{d.replace('_', '-')}" for d in missing))
     return args, notes
+
+
+# Config keys that say how a run executes, not what it computes (a moved data root, another device).
+EXECUTION_KEYS = ("DEVICE", "WORKERS", "DATASET.ROOT", "CUDNN.", "GPUS", "PRINT_FREQ", "LOG_DIR", "OUTPUT_DIR")
+
+
+def _changed_keys(run_cfg: str, opts: list[str]) -> list[str]:
+    """``KEY VALUE`` overrides of a --resume that change what the run computes: 'KEY new (the run
+    used old)' for each."""
+    keys = [k for k in opts[::2] if not str(k).startswith(EXECUTION_KEYS)]
+    if not keys:
+        return []
+    before, after = load_config(run_cfg), load_config(run_cfg, opts)
+
+    def value(cfg, key):
+        for part in key.split("."):
+            cfg = cfg[part]
+        return cfg
+    return [f"{k} {value(after, k)} (the run used {value(before, k)})" for k in keys if value(after, k) != value(before, k)]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ Only the public scripts' code paths train anything; the demo passes them flags.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -28,7 +27,7 @@ import torch
 
 from freenet import supervised, training
 from freenet.checkpoint import extract_state_dict, load_checkpoint
-from freenet.cli import run_main
+from freenet.cli import NON_NEGATIVE, Parser, run_main
 from freenet.config import ConfigError, load_config
 from freenet.data.dataset import read_image
 from freenet.data.synthetic import generate
@@ -341,13 +340,13 @@ Predictions (left: base network, right: FreeNet student; marker size = confidenc
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
                    help="a smoke run of every stage (~30 s on 2 CPU cores: small data, few steps)")
     p.add_argument("--out", default="demo_output", help="folder for data, runs and the report")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
-    p.add_argument("--workers", type=int, default=None, help="data-loader processes (default: the plan's)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the synthetic data")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=None, help="data-loader processes (default: the plan's)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     plan = PLANS["quick" if args.quick else "default"]

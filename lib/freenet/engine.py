@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -25,15 +26,13 @@ from tqdm import tqdm
 from freenet import distributed
 from freenet.checkpoint import atomic_save, check_compatible, load_checkpoint
 from freenet.config import REPO_ROOT
-from freenet.errors import DataError, from_worker
+from freenet.errors import DataError, TrainingError, from_worker
 from freenet.fileio import write_json_atomic, write_text_atomic
 from freenet.optim import OptimizedModel
 
 log = logging.getLogger("freenet")
 T = TypeVar("T")
 
-# TensorBoard tags of the per-part kept pseudo labels (SPEC §9), keyed by logging group.
-PL_TAGS = {"head": "Head_PL", "front": "Front_PL", "back": "Back_PL"}
 
 
 @dataclass
@@ -68,7 +67,8 @@ class TrainState:
     step: int = -1           # last finished step
     best_oks: float = -1.0   # below any score: the first evaluation always writes best-*.pth
     best_pck: float = -1.0
-    best_step: int = -1      # step of the last improvement (best.json "step")
+    best_oks_step: int = -1  # the step each best was reached at (best.json)
+    best_pck_step: int = -1
     # losses summed since the last evaluation (its logged means), kept across a resume
     window: dict[str, torch.Tensor] = field(default_factory=dict)
     window_steps: int = 0
@@ -218,11 +218,18 @@ def restore(path: str, teacher: OptimizedModel, student: OptimizedModel) -> Trai
     # lives in best.json beside it, written when the evaluation has finished.
     best_file = Path(path).parent / "best.json"
     if best_file.exists():
-        best = json.loads(best_file.read_text())
-        state.best_oks = max(state.best_oks, best.get("best_oks", -1.0))
-        state.best_pck = max(state.best_pck, best.get("best_pck", -1.0))
-        state.best_step = best.get("step", -1)
-        if best.get("evaluated_step") == state.step:
+        try:
+            best = json.loads(best_file.read_text())
+            state.best_oks = max(state.best_oks, best.get("best_oks", -1.0))
+            state.best_pck = max(state.best_pck, best.get("best_pck", -1.0))
+            state.best_oks_step = best.get("best_oks_step", best.get("step", -1))   # (before per-metric steps:
+            state.best_pck_step = best.get("best_pck_step", best.get("step", -1))   # the last improvement)
+            evaluated = best.get("evaluated_step")
+        except (OSError, ValueError, AttributeError, TypeError) as e:
+            raise DataError(best_file, f"cannot read the run's best scores ({type(e).__name__}: {e}); it is "
+                                       "rewritten at every evaluation: delete it to resume with the scores of "
+                                       "checkpoint.pth") from e
+        if evaluated == state.step:
             state.pending_eval = None
     return state
 
@@ -243,15 +250,36 @@ class Recorder:
             self.writer.add_scalars(tag, values, step)
 
     def evaluation(self, epoch: int, step: int, student: dict, teacher: dict, train: dict) -> None:
+        """One line in ``metrics.jsonl``, then one in ``val_log.txt`` (see :meth:`forget_from`)."""
         if not distributed.is_main():
             return
+        self.append_metrics({"epoch": epoch, "step": step, "train": train,
+                             "student": _scalars_only(student), "teacher": _scalars_only(teacher)})
         with open(self.run / "val_log.txt", "a") as f:
             f.write(f"epoch:{epoch} student_oks:{student['AP']:.6f}  student_pck:{student['PCK']:.6f}  "
                     f"teacher_oks:{teacher['AP']:.6f}  teacher_pck:{teacher['PCK']:.6f}\n")
-        line = {"epoch": epoch, "step": step, "train": train,
-                "student": _scalars_only(student), "teacher": _scalars_only(teacher)}
-        with open(self.run / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
+
+    def append_metrics(self, line: dict) -> None:
+        """One JSON line in ``metrics.jsonl`` (rank 0; a non-finite number is written as null)."""
+        if distributed.is_main():
+            with open(self.run / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(_json_safe(line), allow_nan=False) + "\n")
+
+    def forget_from(self, value: int, key: str = "step") -> None:
+        """Drop the lines of evaluations at ``value`` of ``key`` and later: a run stopped between
+        logging an evaluation and finishing it (best.json) logs it again when resumed. ``val_log.txt``
+        keeps as many lines as ``metrics.jsonl`` keeps, being written second."""
+        metrics_file, val_file = self.run / "metrics.jsonl", self.run / "val_log.txt"
+        if not distributed.is_main() or not metrics_file.exists():
+            return
+        lines = metrics_file.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)[key] < value]
+        if len(kept) < len(lines):
+            write_text_atomic(metrics_file, "".join(kept))
+        if val_file.exists():
+            val_lines = val_file.read_text().splitlines(keepends=True)
+            if len(val_lines) > len(kept):
+                write_text_atomic(val_file, "".join(val_lines[:len(kept)]))
 
     def close(self) -> None:
         if self.writer is not None:
@@ -262,10 +290,21 @@ def _scalars_only(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, dict, list))}
 
 
+def _json_safe(value):
+    """JSON has no NaN or infinity: a non-finite number is written as null."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedModel, student: OptimizedModel,
                labeled: Iterator[dict], unlabeled: Iterator[dict], evaluate: Callable[[nn.Module], dict],
                loop: LoopConfig, state: TrainState, run: RunDir, checkpoint_extra: dict | None = None) -> TrainState:
-    """Run steps ``state.step + 1 .. total_steps − 1``; evaluate, checkpoint and log on the cadence."""
+    """Run steps ``state.step + 1 .. loop.end() − 1``; evaluate, checkpoint and log on the cadence.
+    ``evaluate(model)`` returns the metrics (``AP``, ``PCK``) and leaves ``model`` in the mode it
+    found it (:meth:`~freenet.evaluation.Evaluator.predict` runs an eval-mode copy)."""
     recorder = Recorder(run)
     extra = checkpoint_extra or {}
     start = state.step + 1
@@ -282,16 +321,19 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
         log.info("first evaluation after step %d", first_eval + 1)
     if state.pending_eval is not None:
         log.warning("the evaluation after step %d did not finish: evaluating that checkpoint first", state.step + 1)
+        recorder.forget_from(state.step)
         _evaluate_and_save(state.step, state, teacher, student, evaluate, recorder, run, loop, extra, save=False)
+    # tqdm's own rate would stand beside the postfix's time per step (SPEC §9), which averages
+    # over this invocation's steps, evaluations included
     bar = tqdm(total=loop.total_steps, initial=start, dynamic_ncols=True, disable=not distributed.is_main(),
-               desc="FreeNet")
+               desc="FreeNet", bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
     tic = time.perf_counter()
     try:
         with Interrupt() as interrupt:
             for step in range(start, loop.end()):
-                batches = interrupt.next(lambda: _next_batches(labeled, unlabeled))
+                batches = interrupt.next(lambda: (next_batch(labeled), next_batch(unlabeled)))
                 if batches is None:     # a signal came during the last step (or its evaluation)
-                    _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
+                    _save_checked(run, state, teacher, student, loop, extra)
                     tqdm.write(f"Stopped after step {state.step + 1}. {resume_hint(run)}")
                     break
                 out = step_fn(step, *batches)
@@ -308,6 +350,7 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
                                         f"S_Loss {means['s_loss']:.5f} T_Loss {means['t_loss']:.5f}")
                 if loop.is_eval_step(step):
                     state.pending_eval = _window_means(window, state.window_steps)
+                    _warn_if_not_finite(state.pending_eval, step + 1 - state.window_steps, step)
                     state.window, state.window_steps = {}, 0
                     try:
                         _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, extra)
@@ -320,7 +363,7 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
             else:
                 if state.step >= start and not loop.is_eval_step(state.step):
                     # The last steps ran after the last evaluation: keep them too.
-                    _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
+                    _save_checked(run, state, teacher, student, loop, extra)
                 if loop.end() < loop.total_steps and state.step == loop.end() - 1:
                     tqdm.write(f"Stopped after step {state.step + 1} (--stop-step {loop.stop_step}). "
                                f"{resume_hint(run)}")
@@ -342,11 +385,12 @@ def _window_means(window: dict[str, torch.Tensor], steps: int) -> dict[str, floa
     return dict(zip(window, values))
 
 
-def _next_batches(labeled: Iterator[dict], unlabeled: Iterator[dict]) -> tuple[dict, dict]:
+def next_batch(loader: Iterator[T]) -> T:
+    """``next(loader)``; a DataError raised in a loader worker, which comes back wrapped in the
+    worker's traceback, is raised again as the one-line error it was."""
     try:
-        return next(labeled), next(unlabeled)
+        return next(loader)
     except (DataError, RuntimeError) as e:
-        # A DataError raised in a loader worker comes back wrapped in the worker's traceback.
         clean = from_worker(e)
         if clean is None:
             raise
@@ -354,40 +398,34 @@ def _next_batches(labeled: Iterator[dict], unlabeled: Iterator[dict]) -> tuple[d
 
 
 def _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, loop, extra, save=True):
-    """Checkpoint, then evaluate both networks on the logged means ``state.pending_eval``, then
-    log and keep the best student; best.json, written last, says the evaluation finished."""
+    """Checkpoint (``save``), evaluate both networks, log the evaluation with the loss means
+    ``state.pending_eval``, keep the best student; best.json, written last, says the evaluation
+    finished."""
     epoch = step // loop.eval_step
     train = state.pending_eval
     distributed.check_in_sync(teacher.model, "teacher")
     distributed.check_in_sync(student.model, "student")
     if save:  # first (SPEC §9): a run stopped inside the evaluation resumes with it
-        _save(run / "checkpoint.pth", checkpoint_state(state, teacher, student, loop.eval_step, extra))
-    metrics = {}
+        _save_checked(run, state, teacher, student, loop, extra)
     if distributed.is_main():
-        for name, net in (("student", student.model), ("teacher", teacher.model)):
-            net.eval()
-            metrics[name] = evaluate(distributed.unwrap(net))
-            net.train()
-        s, t = metrics["student"], metrics["teacher"]
+        s, t = (evaluate(distributed.unwrap(net.model)) for net in (student, teacher))  # student first (§9)
         recorder.scalars("Train_Loss", {"Stu_Loss": train["s_loss"], "Tea_Loss": train["t_loss"]}, epoch)
         recorder.scalars("Val_OKS", {"Stu_OKS": s["AP"], "Tea_OKS": t["AP"]}, epoch)
         recorder.scalars("Val_PCK", {"Stu_PCK": s["PCK"], "Tea_PCK": t["PCK"]}, epoch)
-        pl = {tag: train[f"pl_{group}"] for group, tag in PL_TAGS.items() if f"pl_{group}" in train}
+        # kept pseudo labels per logging group: head -> Head_PL, ... (SPEC §9)
+        pl = {f"{key[3:].capitalize()}_PL": value for key, value in train.items() if key.startswith("pl_")}
         if pl:
             recorder.scalars("PL_kp_num", pl, epoch)
         recorder.evaluation(epoch, step, s, t, train)
         student_weights = distributed.unwrap(student.model).state_dict()
-        improved = False
         if s["AP"] > state.best_oks:
-            state.best_oks, improved = s["AP"], True
+            state.best_oks, state.best_oks_step = s["AP"], step
             atomic_save(student_weights, run / "best-oks.pth")
         if s["PCK"] > state.best_pck:
-            state.best_pck, improved = s["PCK"], True
+            state.best_pck, state.best_pck_step = s["PCK"], step
             atomic_save(student_weights, run / "best-pck.pth")
-        if improved:
-            state.best_step = step
-        write_json_atomic(run / "best.json", {"best_oks": state.best_oks, "best_pck": state.best_pck,
-                                               "step": state.best_step, "epoch": state.best_step // loop.eval_step,
+        write_json_atomic(run / "best.json", {"best_oks": state.best_oks, "best_oks_step": state.best_oks_step,
+                                               "best_pck": state.best_pck, "best_pck_step": state.best_pck_step,
                                                "evaluated_step": step})
         tqdm.write(f"[step {step + 1}] student AP {s['AP']:.4f} PCK {s['PCK']:.4f} | "
                    f"teacher AP {t['AP']:.4f} PCK {t['PCK']:.4f} | best AP {state.best_oks:.4f}")
@@ -395,6 +433,31 @@ def _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, l
     distributed.barrier()
 
 
-def _save(path: Path, state: dict) -> None:
+def _save_checked(run: RunDir, state: TrainState, teacher: OptimizedModel, student: OptimizedModel,
+                  loop: LoopConfig, extra: dict) -> None:
+    """``checkpoint.pth``, unless a network's weights or BatchNorm statistics are no longer finite:
+    then the run stops, and the checkpoint on disk stays the last good state."""
+    for name, net in (("teacher", teacher), ("student", student)):
+        if not finite_weights(distributed.unwrap(net.model)):
+            raise TrainingError(
+                f"the {name}'s weights are not finite numbers after step {state.step + 1} (diverged: lower its "
+                f"learning rate; the logged losses show when). {run / 'checkpoint.pth'} holds the last good state, "
+                f"to resume from with other flags")
     if distributed.is_main():
-        atomic_save(state, path)
+        atomic_save(checkpoint_state(state, teacher, student, loop.eval_step, extra), run / "checkpoint.pth")
+
+
+def finite_weights(model: nn.Module) -> bool:
+    """Whether every weight and BatchNorm statistic is a finite number: one reduction over the
+    floating-point tensors of the state_dict, one host sync (at a save, not every step)."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(torch._foreach_norm(tensors)).isfinite().all())
+
+
+def _warn_if_not_finite(means: dict[str, float], first: int, last: int) -> None:
+    """A non-finite loss whose weights stay finite: AMP's scaler skipped those steps' updates (an
+    overflow it recovers from), or the targets themselves are broken (every step skipped)."""
+    bad = [k for k in ("s_loss", "t_loss") if not math.isfinite(means.get(k, 0.0))]
+    if bad:
+        log.warning("%s not finite in steps %d..%d (with AMP those steps' updates were skipped)",
+                    " and ".join(bad), first + 1, last + 1)

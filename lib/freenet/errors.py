@@ -38,3 +38,8 @@ def _rebuild(path, full_message, record_id):
 
 class EvaluationError(ValueError):
     """A configuration or input the evaluation cannot work with; the message says what to change."""
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (its weights are no longer finite numbers); the message names the
+    last good checkpoint."""

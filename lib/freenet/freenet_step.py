@@ -112,7 +112,10 @@ class FreeNetStep:
     def run(self, labeled: dict, unlabeled: dict | None, feedback_on: bool, ramp: float | torch.Tensor,
             factor: float | torch.Tensor) -> dict[str, torch.Tensor]:
         """The device work of one step, both optimiser updates included, LR schedules excluded.
-        ``ramp`` and ``factor``: :meth:`schedule` of the step, as numbers or as 0-dim device tensors."""
+        ``ramp`` and ``factor``: :meth:`schedule` of the step, as numbers or as 0-dim device tensors;
+        ``feedback_on``: :meth:`feedback_on` of the step (never without an unlabeled batch)."""
+        if feedback_on and unlabeled is None:
+            raise ValueError("the feedback term needs an unlabeled batch (see FreeNetStep.feedback_on)")
         teacher, student = self.teacher.model, self.student.model
         bl = labeled["ori"].shape[0]
         x_ori, x_aug = self.views(labeled, unlabeled, "ori"), self.views(labeled, unlabeled, "aug")  # (Bl+Bu, 3, S, S)

@@ -144,6 +144,9 @@ def load_student_init(model: torch.nn.Module, path: Path, required: bool = False
         raise CheckpointError(f"{path}: {len(bad)} tensors have other shapes than the model (e.g. {bad[0]}: "
                               f"{tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)})")
     state = {k: v for k, v in state.items() if k not in own or v.shape == own[k].shape}
+    if not any(k in own for k in state):
+        raise CheckpointError(f"{path}: none of its {len(state)} tensors is a tensor of the network (e.g. "
+                              f"{next(iter(state), 'none')} against {next(iter(own))}): not HRNet weights")
     result = model.load_state_dict(state, strict=False)
     log.info("student init from %s: %d tensors loaded, %d missing (e.g. %s), %d unexpected (e.g. %s)", path,
              len(state) - len(result.unexpected_keys), len(result.missing_keys),
@@ -245,7 +248,8 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
     elif args.compile_regions:      # in place: the networks and their state_dicts stay the plain ones
         for net in (teacher_net, student_net):
             compile_regions(net)
-    hyper = FreeNetHyper(args.down_step, args.feedback_steps_start, args.feedback_steps_complete, args.feedback_weight)
+    hyper = FreeNetHyper(down_step=args.down_step, feedback_start=args.feedback_steps_start,
+                         feedback_complete=args.feedback_steps_complete, feedback_weight=args.feedback_weight)
     step_fn = FreeNetStep(teacher, student, joint_set, hyper, device, amp_dtype, channels_last)
     if args.cuda_graphs:
         step_fn = GraphedStep(step_fn)
@@ -284,7 +288,7 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
     state = train_loop(step_fn, teacher, student, iter(labeled), unlabeled, evaluate, loop, state, run_dir, extra)
     summary = {"best_oks": state.best_oks, "best_pck": state.best_pck, "steps_done": state.step + 1,
                "run_dir": str(run_dir.path)}
-    log.info("done: %s", json.dumps(summary))
+    log.info("%s: %s", "done" if state.step + 1 == args.total_steps else "stopped", json.dumps(summary))
     return summary
 
 
