@@ -1,11 +1,15 @@
 """Base-network training (SPEC §12) and the FreeNet networks' initialisation (SPEC §10)."""
+import json
 import logging
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import TINY_MODEL
 from freenet.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from freenet.errors import DataError
 from freenet.inference import load_pose_model, trained_input_size
 from freenet.models import PoseHighResolutionNet
 from freenet.optim import OptimizedModel
@@ -83,6 +87,11 @@ def test_student_init_is_non_strict_but_refuses_shape_mismatches(tmp_path, caplo
     # a file the user named (--student-weights) must exist: a typo would train from random weights
     with pytest.raises(CheckpointError, match="absent.pth: --student-weights not found"):
         load_student_init(student, tmp_path / "absent.pth", required=True)
+    # a file none of whose tensors the network has would silently leave it at random weights
+    torch.save({"encoder.weight": torch.zeros(3), "head.bias": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"other.pth: none of its 2 tensors is a tensor of the network \(e.g. "
+                                              r"encoder.weight against conv1.weight\): not HRNet weights"):
+        load_student_init(student, tmp_path / "other.pth")
 
 
 def test_wrong_teacher_file_is_a_one_line_error(synthetic_root, tmp_path, capsys):
@@ -260,3 +269,145 @@ def test_scaler_state_moves_only_between_enabled_scalers(prefix):
     again = _optimized(True)
     again.load_state_dict(saved, prefix)
     assert again.scaler.get_scale() == 128.0
+
+
+def supervised_args(root, out, *extra) -> list[str]:
+    return ["--cfg", "experiments/ap10k/freenet_split.yaml", "--level", "0", "--data-root", str(root),
+            "--output-dir", str(out), "--batch-size", "4", "--workers", "0", *extra, *TINY_MODEL]
+
+
+def only_run_dir(out: Path) -> Path:
+    runs = list(out.iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def last_line(stderr: str) -> str:
+    return stderr.strip().splitlines()[-1]
+
+
+def done_summary(text: str) -> dict:
+    return json.loads(text.split("done: ")[-1].splitlines()[0])
+
+
+@pytest.mark.slow
+def test_the_checkpoint_comes_before_the_evaluation_and_a_resume_does_the_one_owed(synthetic_root, tmp_path,
+                                                                                  monkeypatch, caplog):
+    """An evaluation that fails (an unreadable val image) loses no training: checkpoint.pth already
+    holds the epoch, and --resume evaluates it first; one killed after logging its line (before
+    best.json) logs it once. The stand-in evaluator scores (AP, PCK) per epoch of checkpoint.pth."""
+    import freenet.supervised as sup
+
+    scores = {0: (0.1, 0.8), 1: (0.9, 0.2)}
+    fail = {"evaluation of": None, "best.pth": False}
+
+    def build_evaluator(cfg, joint_set, device):
+        def evaluate(model):
+            epoch = torch.load(only_run_dir(out) / "checkpoint.pth", weights_only=False)["epoch"]
+            if epoch == fail["evaluation of"]:
+                fail["evaluation of"] = None
+                raise DataError("val/000000000001.jpg", "cannot read image")
+            return dict(zip(("AP", "PCK"), scores[epoch]))
+        return evaluate
+
+    save = sup.atomic_save
+
+    def atomic_save(obj, path):
+        if Path(path).name == "best.pth" and fail["best.pth"]:
+            fail["best.pth"] = False
+            raise KeyboardInterrupt     # killed between the metrics.jsonl line and best.json
+        save(obj, path)
+
+    monkeypatch.setattr(sup, "build_evaluator", build_evaluator)
+    monkeypatch.setattr(sup, "atomic_save", atomic_save)
+    out = tmp_path / "straight"
+    with caplog.at_level(logging.INFO, logger="freenet"):
+        assert supervised_main(supervised_args(synthetic_root, out, "--epochs", "2")) == 0
+    # best.pth is picked by AP: the summary names the PCK it has, not the highest (0.8 at epoch 1)
+    assert done_summary(caplog.text) == {"best_ap": 0.9, "pck_at_best_ap": 0.2, "best_epoch": 2,
+                                         "run_dir": str(only_run_dir(out))}
+
+    out, fail["evaluation of"] = tmp_path / "halves", 1
+    assert supervised_main(supervised_args(synthetic_root, out, "--epochs", "2")) == 1
+    run = only_run_dir(out)
+    done = torch.load(only_run_dir(tmp_path / "straight") / "checkpoint.pth", weights_only=False)["iteration"]
+    assert torch.load(run / "checkpoint.pth", weights_only=False)["iteration"] == done     # epoch 2 kept
+    assert json.loads((run / "best.json").read_text())["evaluated_epoch"] == 0
+    fail["best.pth"] = True
+    with pytest.raises(KeyboardInterrupt):          # the owed evaluation, killed after its log line
+        supervised_main(["--resume", str(run / "checkpoint.pth"), "--workers", "0"])
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="freenet"):    # all epochs trained, one evaluation owed
+        assert supervised_main(["--resume", str(run / "checkpoint.pth"), "--workers", "0"]) == 0
+    assert "the evaluation after epoch 2 did not finish: evaluating that checkpoint first" in caplog.text
+    assert done_summary(caplog.text) == {"best_ap": 0.9, "pck_at_best_ap": 0.2, "best_epoch": 2, "run_dir": str(run)}
+    straight = only_run_dir(tmp_path / "straight")
+    for name in ("metrics.jsonl", "best.json"):        # one line per epoch, the same losses and scores
+        assert (straight / name).read_text() == (run / name).read_text(), name
+    a, b = (torch.load(d / "best.pth", weights_only=True) for d in (straight, run))
+    assert all(torch.equal(v, b[k]) for k, v in a.items())    # epoch 2's weights in both
+
+
+def test_weights_that_are_no_longer_numbers_stop_the_run_before_saving_that_epoch(synthetic_root, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """A NaN loss makes NaN gradients, and AdamW NaN weights (in fp32: no AMP scaler skips them)."""
+    import freenet.supervised as sup
+
+    loss = sup.weighted_heatmap_mse
+    with monkeypatch.context() as m:                  # diverged from the start: nothing written
+        m.setattr(sup, "weighted_heatmap_mse", lambda *a: loss(*a) * float("nan"))
+        assert supervised_main(supervised_args(synthetic_root, tmp_path / "a", "--epochs", "2")) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "the weights are not finite numbers after epoch 1" in last_line(err)
+    assert "no checkpoint was saved" in last_line(err)
+    assert sorted(p.name for p in only_run_dir(tmp_path / "a").iterdir()) == \
+        ["args.json", "config.yaml", "git_commit.txt", "tensorboard"]
+
+    assert supervised_main(supervised_args(synthetic_root, tmp_path / "b", "--epochs", "2", "--stop-epoch", "1")) == 0
+    run = only_run_dir(tmp_path / "b")
+    kept = {name: (run / name).read_bytes() for name in ("checkpoint.pth", "best.pth", "metrics.jsonl", "best.json")}
+    iteration = torch.load(run / "checkpoint.pth", weights_only=False)["iteration"]
+    capsys.readouterr()
+    with monkeypatch.context() as m:                  # diverged in the second epoch: the first one's files stay
+        m.setattr(sup, "weighted_heatmap_mse", lambda *a: loss(*a) * float("nan"))
+        assert supervised_main(["--resume", str(run / "checkpoint.pth"), "--workers", "0"]) == 1
+    err = last_line(capsys.readouterr().err)
+    assert err.startswith("error: the weights are not finite numbers after epoch 2 (diverged: lower TRAIN.LR)")
+    assert f"{run / 'checkpoint.pth'} (iteration {iteration}) holds the last good state" in err
+    assert f"Resume with --resume {run / 'checkpoint.pth'}" in err
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+
+
+def test_a_save_as_that_cannot_be_written_at_the_end_says_where_the_weights_are(synthetic_root, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """(A folder that cannot be written at the start is refused by the flag: test_resume_args.)"""
+    import freenet.supervised as sup
+
+    out = tmp_path / "out"
+
+    def full_disk(source, path):                      # the folder was writable at start-up, not at the end
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(sup, "copy_atomic", full_disk)
+    target = tmp_path / "weights" / "base.pth"
+    assert supervised_main(supervised_args(synthetic_root, out, "--epochs", "1", "--save-as", str(target))) == 1
+    run = only_run_dir(out)
+    assert last_line(capsys.readouterr().err) == (f"error: --save-as {target}: cannot copy the best weights there "
+                                                  f"(No space left on device); they are in {run / 'best.pth'}")
+    assert load_model_weights(PoseHighResolutionNet(17, width=8), run / "best.pth") == "(raw dict)"
+
+
+def test_a_bad_image_read_in_a_loader_worker_is_one_line(synthetic_root, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    bad = sorted((root / "ap_10k" / "data").glob("*.jpg"))
+    for image in bad:
+        image.write_bytes(b"\xff\xd8 truncated")
+    args = supervised_args(root, tmp_path / "out", "--epochs", "1")
+    args[args.index("--workers") + 1] = "2"
+    assert supervised_main(args) == 1
+    err = capsys.readouterr().err
+    assert "DataLoader worker" not in err and "Traceback" not in err, err
+    assert last_line(err).startswith("error: ") and "cannot read image" in last_line(err)
+    assert any(str(image) in last_line(err) for image in bad)

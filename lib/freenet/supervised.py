@@ -11,6 +11,8 @@ import argparse
 import bisect
 import json
 import logging
+import math
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 
@@ -25,8 +27,9 @@ from freenet.config import ConfigError
 from freenet.data.dataset import KeypointDataset, stream_loader
 from freenet.data.settings import build_training_sets
 from freenet.data.transforms import TwoViewTransform, normalize_images
-from freenet.engine import Interrupt, Recorder, RunDir, resume_hint
-from freenet.fileio import copy_atomic
+from freenet.engine import Interrupt, Recorder, RunDir, finite_weights, next_batch, resume_hint
+from freenet.errors import DataError, TrainingError
+from freenet.fileio import copy_atomic, write_json_atomic
 from freenet.losses import weighted_heatmap_mse
 from freenet.models import load_imagenet_backbone
 from freenet.optim import OptimizedModel
@@ -75,6 +78,20 @@ def epoch_length(num_records: int, batch_size: int, world_size: int = 1) -> int:
     return max(1, num_records // (batch_size * world_size))
 
 
+@dataclass
+class SupervisedState:
+    """The run's progress besides the weights; ``checkpoint.pth`` keeps each field under its name."""
+    iteration: int = 0               # iterations done
+    partial_loss: float = 0.0        # loss summed over the unfinished epoch
+    best_ap: float = -1.0            # below any score: the first evaluation writes best.pth
+    pck_at_best_ap: float | None = None
+    best_epoch: int = -1             # the (0-based) epoch best.pth holds
+    # the train loss of the last finished epoch while its evaluation is owed: checkpoint.pth is
+    # written before the evaluation, so a run stopped or failed inside it evaluates that epoch when
+    # resumed (best.json, written when an evaluation finishes, says which was the last)
+    pending_eval: float | None = None
+
+
 def train_supervised(args, notes: list[str] = ()) -> dict:
     """Supervised training from parsed flags; ``notes``: warnings of :func:`~freenet.cli.parse_run_args`."""
     setup = setup_run(args, notes)
@@ -103,39 +120,41 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
                          torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16))
     weights = torch.tensor(joint_set.loss_weights, device=device)
 
-    iteration, partial_loss, best_ap = 0, 0.0, -1.0   # iterations done; loss summed over the unfinished epoch
     if args.resume:
-        ckpt = load_checkpoint(args.resume)
-        for key in ("model", "optimizer", "scheduler", "epoch", "best_ap"):
-            if key not in ckpt:
-                raise CheckpointError(f"{args.resume}: not a train_supervised.py checkpoint: no '{key}'")
-        check_compatible(model, ckpt["model"], args.resume)
-        net.load_state_dict(ckpt)      # the scaler only when both runs use AMP fp16
-        iteration = ckpt.get("iteration", (ckpt["epoch"] + 1) * iters_per_epoch)
-        partial_loss, best_ap = ckpt.get("partial_loss", 0.0), ckpt["best_ap"]
-        if iteration >= epochs * iters_per_epoch:
+        state = restore(args.resume, net, iters_per_epoch)
+        if state.iteration >= epochs * iters_per_epoch and state.pending_eval is None:
             raise ConfigError(f"{args.resume}: nothing to train: the run has done all {epochs} epochs of --epochs "
                               f"{epochs}; give a larger --epochs to train on")
         run = RunDir(Path(args.resume).parent)
         run.write_settings(cfg.dump(), vars(args))       # the next --resume reads this command's flags
     else:
+        state = SupervisedState()
         run = RunDir.create(args.output_dir, args.name, cfg.dump(), vars(args))
     log.info("run directory %s", run.path)
+    saved = state.iteration if args.resume else None      # the iteration checkpoint.pth holds
+
+    recorder = Recorder(run)
+    if state.pending_eval is not None:
+        epoch = state.iteration // iters_per_epoch - 1
+        log.warning("the evaluation after epoch %d did not finish: evaluating that checkpoint first", epoch + 1)
+        if distributed.is_main():
+            recorder.forget_from(epoch, key="epoch")   # logged by the evaluation that did not finish
+            evaluate_epoch(model, evaluate, epoch, state, run, recorder)
+        state.pending_eval = None
+        distributed.barrier()
 
     transform = TwoViewTransform(joint_set, augment_config(cfg), with_aug=False)
     loader = iter(stream_loader(KeypointDataset(records, transform, cfg.SEED, stream=2), batch_size,
-                                iteration, cfg.WORKERS, device.type == "cuda",
+                                state.iteration, cfg.WORKERS, device.type == "cuda",
                                 distributed.rank(), distributed.world_size()))
-    recorder = Recorder(run)
-    summary = {"best_ap": best_ap, "run_dir": str(run.path)}
     with Interrupt() as interrupt:
-        while iteration < epochs * iters_per_epoch:
-            epoch, done = divmod(iteration, iters_per_epoch)   # a resume may start inside an epoch
+        while state.iteration < epochs * iters_per_epoch:
+            epoch, done = divmod(state.iteration, iters_per_epoch)   # a resume may start inside an epoch
             model.train()
-            total = torch.full((), partial_loss, device=device)
+            total = torch.full((), state.partial_loss, device=device)
             for _ in tqdm(range(done, iters_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                           initial=done, total=iters_per_epoch, disable=not distributed.is_main()):
-                batch = interrupt.next(lambda: next(loader))
+                batch = interrupt.next(lambda: next_batch(loader))
                 if batch is None:       # a signal came during the last iteration
                     break
                 x = normalize_images(batch["ori"].to(device, non_blocking=True))
@@ -144,44 +163,108 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
                 loss = weighted_heatmap_mse(out, batch["target"].to(device), batch["target_weight"].to(device), weights)
                 net.update(loss)
                 total += loss.detach()
-                iteration += 1
-            total = distributed.mean_over_ranks(total)         # the logged loss is the mean over ranks
-            finished = iteration == (epoch + 1) * iters_per_epoch   # not when stopped before its first iteration
-            partial_loss = 0.0 if finished else float(total)
-            train_loss = float(total) / iters_per_epoch
+                state.iteration += 1
+            summed = float(distributed.mean_over_ranks(total))   # the epoch's one device sync; mean over ranks
+            if not finite_weights(model):   # before anything of the epoch is saved
+                raise diverged(epoch, run, saved)
+            if not math.isfinite(summed):   # the weights are: fp16 AMP's scaler skipped those updates
+                log.warning("the training loss of epoch %d is %s (with AMP those iterations' updates were skipped)",
+                            epoch + 1, summed)
+            finished = state.iteration == (epoch + 1) * iters_per_epoch   # not when stopped before its first iteration
+            state.partial_loss = 0.0 if finished else summed
             last = epoch == epochs - 1
-            if distributed.is_main() and finished and ((epoch + 1) % args.eval_every == 0 or last):
-                model.eval()
-                metrics = evaluate(model)
-                recorder.scalars("Train_Loss", {"Loss": train_loss}, epoch)
-                recorder.scalars("Val_OKS", {"OKS": metrics["AP"]}, epoch)
-                recorder.scalars("Val_PCK", {"PCK": metrics["PCK"]}, epoch)
-                with open(run / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"epoch": epoch, "train_loss": train_loss,
-                                        "AP": metrics["AP"], "PCK": metrics["PCK"]}) + "\n")
-                tqdm.write(f"[epoch {epoch + 1}] loss {train_loss:.6f} AP {metrics['AP']:.4f} PCK {metrics['PCK']:.4f}")
-                if metrics["AP"] > best_ap:
-                    best_ap = metrics["AP"]
-                    atomic_save(model.state_dict(), run / "best.pth")
-                    summary.update(best_ap=best_ap, best_pck=metrics["PCK"], best_epoch=epoch + 1)  # as logged
-            if distributed.is_main():
-                atomic_save({**net.state_dict(), "epoch": epoch, "iteration": iteration, "partial_loss": partial_loss,
-                             "best_ap": best_ap, "joint_set": joint_set.name,
+            evaluates = finished and ((epoch + 1) % args.eval_every == 0 or last)
+            state.pending_eval = summed / iters_per_epoch if evaluates else None
+            if distributed.is_main():   # first: an evaluation that fails loses no training (a resume does it)
+                atomic_save({**net.state_dict(), **asdict(state), "epoch": epoch, "joint_set": joint_set.name,
                              "num_joints": joint_set.num_joints, "width": cfg.MODEL.WIDTH, "config": cfg.dump()},
                             run / "checkpoint.pth")
+            saved = state.iteration
+            if evaluates and distributed.is_main():
+                try:
+                    evaluate_epoch(model, evaluate, epoch, state, run, recorder)
+                except Exception:
+                    log.error("the evaluation after epoch %d failed; the epoch is saved and a resume evaluates it "
+                              "first. %s", epoch + 1, resume_hint(run))
+                    raise
+            state.pending_eval = None
             distributed.barrier()
             if interrupt.stopping:
-                tqdm.write(f"Stopped in epoch {epoch + 1} after iteration {iteration}. {resume_hint(run)}")
+                tqdm.write(f"Stopped in epoch {epoch + 1} after iteration {state.iteration}. {resume_hint(run)}")
                 break
             if finished and not last and args.stop_epoch is not None and epoch + 1 >= args.stop_epoch:
                 tqdm.write(f"Stopped after epoch {epoch + 1} (--stop-epoch {args.stop_epoch}). {resume_hint(run)}")
                 break
     recorder.close()
     if args.save_as and distributed.is_main() and (run / "best.pth").exists():
-        copy_atomic(run / "best.pth", args.save_as)
-        log.info("best weights (AP %.4f) copied to %s", best_ap, args.save_as)
-    log.info("done: %s", json.dumps(summary))
+        try:
+            copy_atomic(run / "best.pth", args.save_as)
+        except OSError as e:
+            raise ConfigError(f"--save-as {args.save_as}: cannot copy the best weights there ({e.strerror or e}); "
+                              f"they are in {run / 'best.pth'}") from e
+        log.info("best weights (AP %.4f) copied to %s", state.best_ap, args.save_as)
+    summary = {"best_ap": state.best_ap, "run_dir": str(run.path)}
+    if state.best_epoch >= 0:   # best.pth's scores; PCK is not what picks it
+        summary.update(pck_at_best_ap=state.pck_at_best_ap, best_epoch=state.best_epoch + 1)   # epoch as logged
+    log.info("%s: %s", "done" if state.iteration >= epochs * iters_per_epoch else "stopped", json.dumps(summary))
     return summary
+
+
+def diverged(epoch: int, run: RunDir, saved: int | None) -> TrainingError:
+    """The error that stops a run whose weights are no longer finite numbers; ``saved``: the
+    iteration checkpoint.pth holds (None: no checkpoint yet)."""
+    kept = (f"{run / 'checkpoint.pth'} (iteration {saved}) holds the last good state. {resume_hint(run)}, "
+            f"with a setting changed by a trailing KEY VALUE override" if saved is not None else
+            "no checkpoint was saved")
+    return TrainingError(f"the weights are not finite numbers after epoch {epoch + 1} (diverged: lower TRAIN.LR); "
+                         f"nothing of that epoch was saved: {kept}")
+
+
+def restore(path: str, net: OptimizedModel, iters_per_epoch: int) -> SupervisedState:
+    """Weights, optimizer, scheduler (and scaler) into ``net``; the run's progress returned."""
+    ckpt = load_checkpoint(path)
+    for key in ("model", "optimizer", "scheduler", "epoch", "best_ap"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: not a train_supervised.py checkpoint: no '{key}'")
+    check_compatible(net.model, ckpt["model"], path)
+    net.load_state_dict(ckpt)      # the scaler only when both runs use AMP fp16
+    state = SupervisedState(**{f.name: ckpt[f.name] for f in fields(SupervisedState) if f.name in ckpt})
+    state.iteration = ckpt.get("iteration", (ckpt["epoch"] + 1) * iters_per_epoch)
+    # checkpoint.pth is written before each evaluation, so what that evaluation found lives in
+    # best.json beside it, written when the evaluation has finished.
+    best_file = Path(path).parent / "best.json"
+    if best_file.exists():
+        try:
+            best = json.loads(best_file.read_text())
+            if best["best_ap"] > state.best_ap:
+                state.best_ap, state.pck_at_best_ap, state.best_epoch = (best["best_ap"], best["pck_at_best_ap"],
+                                                                         best["best_epoch"])
+            evaluated = best["evaluated_epoch"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(best_file, f"cannot read the run's best scores ({type(e).__name__}: {e}); it is "
+                                       "rewritten at every evaluation: delete it to resume with the scores of "
+                                       "checkpoint.pth") from e
+        if evaluated == ckpt["epoch"]:
+            state.pending_eval = None
+    return state
+
+
+def evaluate_epoch(model, evaluate, epoch: int, state: SupervisedState, run: RunDir, recorder: Recorder) -> None:
+    """Evaluate the weights of ``epoch`` (saved just before), log them with the train loss
+    ``state.pending_eval`` and keep the best AP in best.pth; best.json, written last, says the
+    evaluation finished."""
+    train_loss = state.pending_eval
+    metrics = evaluate(model)
+    recorder.scalars("Train_Loss", {"Loss": train_loss}, epoch)
+    recorder.scalars("Val_OKS", {"OKS": metrics["AP"]}, epoch)
+    recorder.scalars("Val_PCK", {"PCK": metrics["PCK"]}, epoch)
+    recorder.append_metrics({"epoch": epoch, "train_loss": train_loss, "AP": metrics["AP"], "PCK": metrics["PCK"]})
+    tqdm.write(f"[epoch {epoch + 1}] loss {train_loss:.6f} AP {metrics['AP']:.4f} PCK {metrics['PCK']:.4f}")
+    if metrics["AP"] > state.best_ap:
+        state.best_ap, state.pck_at_best_ap, state.best_epoch = metrics["AP"], metrics["PCK"], epoch
+        atomic_save(model.state_dict(), run / "best.pth")
+    write_json_atomic(run / "best.json", {"best_ap": state.best_ap, "pck_at_best_ap": state.pck_at_best_ap,
+                                           "best_epoch": state.best_epoch, "evaluated_epoch": epoch})
 
 
 def main(argv=None) -> int:
