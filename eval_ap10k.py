@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from freenet.cli import USER_ERRORS, Parser
+from freenet.cli import NON_NEGATIVE, USER_ERRORS, Parser
 from freenet.config import load_config
 from freenet.device import usable_cpus
 from freenet.evaluation import METRICS_FILE, RESULTS_FILE, evaluate_from_config, format_metrics_table, write_outputs
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
                         help="OKS sigmas: aligned (standard) or the paper's AP-10K list (freenet); "
                              "default TEST.PROTOCOL")
     parser.add_argument("--results", default="", help="score this COCO results JSON instead of running a model")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=NON_NEGATIVE, default=None,
                         help="processes decoding and cropping images (default: WORKERS of the yaml, at most the "
                              "CPU cores this process may use)")
     args, opts = parser.parse_known_args(argv)

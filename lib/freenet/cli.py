@@ -244,7 +244,8 @@ def _changed_keys(run_cfg: str, opts: list[str]) -> list[str]:
         for part in key.split("."):
             cfg = cfg[part]
         return cfg
-    return [f"{k} {value(after, k)} (the run used {value(before, k)})" for k in keys if value(after, k) != value(before, k)]
+    return [f"{k} {value(after, k)} (the run used {value(before, k)})" for k in keys
+            if value(after, k) != value(before, k)]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from freenet import distributed
 from freenet.checkpoint import CheckpointError, atomic_save, check_compatible, load_checkpoint
-from freenet.cli import (POSITIVE, HelpFormatter, Parser, add_run_args, file_path, parse_run_args, run_main,
+from freenet.cli import (POSITIVE, HelpFormatter, Parser, add_run_args, file_path, parse_run_args, real, run_main,
                          setup_run)
 from freenet.config import ConfigError
 from freenet.data.dataset import KeypointDataset, stream_loader
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--save-as", type=file_path, default=None,
       help="also copy the best weights here, e.g. pretrained_weights/pretrained_25_5.pth")
     a("--level", type=int, default=None, choices=(0, 1), help="split level (the split setting's yaml)")
-    a("--sample-ratio", type=float, default=None, help="labeled fraction (mixed settings); default: the yaml's")
+    a("--sample-ratio", type=real(0, 1), default=None, help="labeled fraction (mixed settings); default: the yaml's")
     add_run_args(p, "experiments/ap10k/freenet_split.yaml", has_split_file=True)
     return p
 

@@ -276,8 +276,9 @@ def load_coco_records(ann_file: str | os.PathLike, image_root: str | os.PathLike
     ``images``/``annotations``, duplicate image or annotation ids, an annotation on an unknown
     image, a keypoint list whose length is not 3*J, a keypoint value that is not a finite number
     or a visibility outside {0, 1, 2}, a malformed box or one with a value that is not a finite
-    number, a missing image file (a ``category_id`` not in ``categories`` is a warning). Values are checked on every annotation, kept or dropped: a
-    file with any of these is broken (``tools/check_annotations.py`` lists them all).
+    number, a missing image file (a ``category_id`` not in ``categories`` is a warning). Values
+    are checked on every annotation, kept or dropped: a file with any of these is broken
+    (``tools/check_annotations.py`` lists them all).
     """
     ann_file = str(ann_file)
     data = load_coco_json(ann_file)
