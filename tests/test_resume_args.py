@@ -346,3 +346,15 @@ def test_input_sizes_the_network_cannot_take_are_refused_before_the_run(size, he
         configured_joint_set(cfg)
     assert configured_joint_set(load_config(None, ["MODEL.IMAGE_SIZE", "[128,128]", "MODEL.HEATMAP_SIZE",
                                                    "[32,32]"])).num_joints == 17
+
+
+def test_a_resumed_run_folder_is_rid_of_unfinished_writes(tmp_path):
+    """A process killed inside an atomic write (SIGKILL: no cleanup runs) leaves its temporary file."""
+    from freenet.engine import RunDir
+
+    (tmp_path / "checkpoint.pth").write_bytes(b"kept")
+    (tmp_path / ".checkpoint.pth.x1y2.tmp").write_bytes(b"half")
+    (tmp_path / "notes.tmp").write_text("a user's file")
+    run = RunDir.of_checkpoint(tmp_path / "checkpoint.pth")
+    assert run.path == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "notes.tmp"]

@@ -104,6 +104,16 @@ class RunDir:
         run.write_settings(config_text, args)
         return run
 
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | os.PathLike) -> "RunDir":
+        """The run folder of a ``--resume`` checkpoint, rid of the temporary files of writes that a
+        killed process (SIGKILL, power loss) never finished: a W32 checkpoint's is over 200 MB."""
+        run = cls(Path(checkpoint).parent)
+        if distributed.is_main():
+            for stale in run.path.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+        return run
+
     def write_settings(self, config_text: str, args: dict) -> None:
         """``config.yaml`` and ``args.json``, which a --resume reads back (atomic). A resume writes them
         again, so a flag it changed (a longer --total-steps) is what the next --resume reads."""

@@ -25,6 +25,21 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO], None], mode: str
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable (a power loss right after it could otherwise undo it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:     # a platform whose folders cannot be opened (Windows): nothing to sync
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass            # some file systems do not sync folders
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

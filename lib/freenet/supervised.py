@@ -125,7 +125,7 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
         if state.iteration >= epochs * iters_per_epoch and state.pending_eval is None:
             raise ConfigError(f"{args.resume}: nothing to train: the run has done all {epochs} epochs of --epochs "
                               f"{epochs}; give a larger --epochs to train on")
-        run = RunDir(Path(args.resume).parent)
+        run = RunDir.of_checkpoint(args.resume)
         run.write_settings(cfg.dump(), vars(args))       # the next --resume reads this command's flags
     else:
         state = SupervisedState()

@@ -255,7 +255,7 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
         step_fn = GraphedStep(step_fn)
 
     if args.resume:
-        run_dir = RunDir(Path(args.resume).parent)
+        run_dir = RunDir.of_checkpoint(args.resume)
         state = restore(args.resume, teacher, student)
         if state.step + 1 >= loop.end():
             raise ConfigError(f"{args.resume}: nothing to train: the run has done {state.step + 1} steps and {ends}; "
