@@ -13,7 +13,7 @@ from freenet.joints import load_joint_set
 from freenet.models import PoseHighResolutionNet
 from freenet.optim import make_optimized
 from freenet.profiling import dispatched_ops
-from freenet.pseudo_labels import select_targets
+from freenet.pseudo_labels import body_part_mask, feedback_mask, select_targets
 from freenet.schedules import topk_rate
 
 JS = load_joint_set("ap10k")
@@ -290,3 +290,20 @@ def test_selection_is_a_fixed_number_of_tensor_ops():
     assert len(set(counts)) == 1
     # On a GPU each op costs ~14 us of launching (H100, PyTorch 2.11): the 1 ms target allows ~70.
     assert counts[0] <= 60
+
+
+def test_the_selection_thresholds_of_the_config_reach_both_masks():
+    """FREENET.PL_MIN_CONFIDENCE is body_part_mask's floor and FREENET.FEEDBACK_BAND feedback_mask's
+    ratios (SPEC §7): a step built with other values selects as those functions do with them."""
+    js = load_joint_set("union24")
+    g = torch.Generator().manual_seed(1)
+    coords = torch.rand(8, js.num_joints, 2, generator=g) * 16
+    conf, s_conf = torch.rand(2, 8, js.num_joints, generator=g)
+    groups, ratios = [p.joints for p in js.part_groups], [p.min_ratio for p in js.part_groups]
+    ramp = topk_rate(3, 10, 0.0)
+    default = select_targets(coords, conf, groups, ratios, ramp, (16, 16), (s_conf, coords))
+    other = select_targets(coords, conf, groups, ratios, ramp, (16, 16), (s_conf, coords), 0.7, (0.1, 0.5))
+    assert torch.equal(other.mask, body_part_mask(conf, groups, ratios, ramp, floor=0.7))
+    assert torch.equal(other.feedback_mask, feedback_mask(conf, s_conf, 0.1, 0.5))
+    assert other.mask.sum() < default.mask.sum() and not torch.equal(other.feedback_mask, default.feedback_mask)
+    assert (conf[other.mask.bool()] >= 0.7).all()

@@ -233,6 +233,10 @@ def test_numbers_out_of_range_are_refused_by_flag(flag, value, message, capsys):
                                             "DATASET.SCALE_FACTOR 1.0 must be in [0, 1)"),
                                            ("DATASET:\n  LABELED: some\n",
                                             "DATASET.LABELED 'some' must be one of split, label_list_split, ratio, "),
+                                           ("FREENET:\n  FEEDBACK_BAND: [0.6, 0.6]\n",
+                                            "FREENET.FEEDBACK_BAND [0.6, 0.6] must be [top, bottom]: two fractions"),
+                                           ("FREENET:\n  PL_MIN_CONFIDENCE: -0.1\n",
+                                            "FREENET.PL_MIN_CONFIDENCE -0.1 must be >= 0"),
                                            ("TEST:\n  PROTOCOL: mmpose\n",
                                             "TEST.PROTOCOL 'mmpose' must be one of standard, freenet")])
 def test_a_yaml_that_cannot_be_honoured_is_a_config_error_naming_the_file(tmp_path, text, message):

@@ -140,8 +140,9 @@ def test_given_flags_reach_the_optimisers_and_the_step(synthetic_root, tmp_path,
         "--pretrained-weights-name", "", "--total-steps", "100", "--warmup-steps", "10", "--student-wait-steps", "20",
         "--teacher_lr", "2e-5", "--student_lr", "3e-3", "--wd", "5e-4", "--down-step", "70",
         "--feedback-steps-start", "30", "--feedback-steps-complete", "60", "--feedback-weight", "1.5",
-        *TINY_MODEL], monkeypatch)
-    assert built["hyper"] == FreeNetHyper(down_step=70, feedback_start=30, feedback_complete=60, feedback_weight=1.5)
+        *TINY_MODEL, "FREENET.PL_MIN_CONFIDENCE", "0.3", "FREENET.FEEDBACK_BAND", "[0.1, 0.25]"], monkeypatch)
+    assert built["hyper"] == FreeNetHyper(down_step=70, feedback_start=30, feedback_complete=60, feedback_weight=1.5,
+                                          pl_min_confidence=0.3, feedback_band=(0.1, 0.25))
     teacher, student = _adamw_group(built["teacher"]), _adamw_group(built["student"])
     assert (teacher["initial_lr"], student["initial_lr"]) == (2e-5, 3e-3)
     assert teacher["weight_decay"] == student["weight_decay"] == 5e-4

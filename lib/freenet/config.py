@@ -79,6 +79,8 @@ _C.TRAIN.SHUFFLE = True           # must be True: the data stream is the seeded 
 
 _C.FREENET = CN()                 # FreeNet training loop (the optimisation numbers are command-line flags)
 _C.FREENET.EVAL_SCHEDULE = []     # [[until_step, every], ...]: denser evaluation early on (SPEC §9)
+_C.FREENET.PL_MIN_CONFIDENCE = 0.2  # floor of every part group's pseudo-label threshold (SPEC §7.1)
+_C.FREENET.FEEDBACK_BAND = [0.2, 0.2]  # feedback band (SPEC §7.2): [top fraction above it, bottom fraction below]
 
 _C.TEST = CN()                    # evaluation (SPEC §11)
 _C.TEST.BATCH_SIZE_PER_GPU = 32
@@ -157,7 +159,7 @@ VALUE_RANGES = {
     "TRAIN.BATCH_SIZE_PER_GPU": (_positive, ">= 1"), "TRAIN.LR": (_positive, "> 0"),
     "TRAIN.LR_FACTOR": (_positive, "> 0"), "TRAIN.WD": (_at_least_0, ">= 0"), "TRAIN.END_EPOCH": (_positive, ">= 1"),
     "TEST.BATCH_SIZE_PER_GPU": (_positive, ">= 1"), "TEST.IN_VIS_THRE": (_fraction, "in [0, 1]"),
-    "TEST.OKS_THRE": (_fraction, "in [0, 1]"),
+    "TEST.OKS_THRE": (_fraction, "in [0, 1]"), "FREENET.PL_MIN_CONFIDENCE": (_at_least_0, ">= 0"),
 }
 
 
@@ -195,6 +197,10 @@ def check_config(cfg: CN, source: str) -> None:
             raise ConfigError(f"{source}: {key} {name!r} is not a dataset of the data layout (one of "
                               f"{', '.join(DATASETS)}); other COCO files come in through DATASET.TRAIN_FILE and "
                               "DATASET.VAL_ANN_FILE (README, 'Your own data')")
+    band = cfg.FREENET.FEEDBACK_BAND
+    if not (len(band) == 2 and all(isinstance(v, (int, float)) and 0 <= v for v in band) and sum(band) <= 1):
+        raise ConfigError(f"{source}: FREENET.FEEDBACK_BAND {band!r} must be [top, bottom]: two fractions >= 0 "
+                          "that sum to at most 1")
     schedule = cfg.FREENET.EVAL_SCHEDULE
     if not all(isinstance(e, (list, tuple)) and len(e) == 2 and all(isinstance(v, int) and v >= 1 for v in e)
                for e in schedule):

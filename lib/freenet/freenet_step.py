@@ -27,12 +27,14 @@ from freenet.schedules import feedback_factor, topk_rate
 
 @dataclass(frozen=True)
 class FreeNetHyper:
-    """The step's numbers (SPEC §10 flags)."""
+    """The step's numbers (SPEC §10 flags; the selection's two, FREENET keys of the config)."""
 
     down_step: int = 9000             # --down-step: keep-ratio ramp length (§7.1, §8)
     feedback_start: int = 3000        # --feedback-steps-start
     feedback_complete: int = 6000     # --feedback-steps-complete
     feedback_weight: float = 2.0      # --feedback-weight
+    pl_min_confidence: float = 0.2    # FREENET.PL_MIN_CONFIDENCE: floor of the part-group thresholds (§7.1)
+    feedback_band: tuple[float, float] = (0.2, 0.2)  # FREENET.FEEDBACK_BAND: top / bottom fractions left out (§7.2)
 
 
 class FreeNetStep:
@@ -100,7 +102,7 @@ class FreeNetStep:
             fb_coords, _ = argmax_keypoints(t_aug_u.detach())
             feedback = s_conf, fb_coords
         return select_targets(coords, conf, self.groups, self.min_ratios, ramp, (t_u.shape[-1], t_u.shape[-2]),
-                              feedback)
+                              feedback, self.hyper.pl_min_confidence, self.hyper.feedback_band)
 
     def __call__(self, step: int, labeled: dict, unlabeled: dict | None) -> dict[str, torch.Tensor]:
         """One step. ``unlabeled`` None (``--mu 0``) is the labeled-only ablation: no pseudo labels,

@@ -25,20 +25,22 @@ class UnlabeledTargets(NamedTuple):
 
 def select_targets(coords: torch.Tensor, confidence: torch.Tensor, groups: Sequence[Sequence[int]],
                    min_ratios: Sequence[float], ramp: float | torch.Tensor, heatmap_size: tuple[int, int],
-                   feedback: tuple[torch.Tensor, torch.Tensor] | None = None) -> UnlabeledTargets:
+                   feedback: tuple[torch.Tensor, torch.Tensor] | None = None, floor: float = 0.2,
+                   band: tuple[float, float] = (0.2, 0.2)) -> UnlabeledTargets:
     """Pseudo labels and, with ``feedback``, the feedback targets of one step, from decoded peaks.
 
     coords, confidence: the teacher's ori-view peaks (Bu, J, 2), (Bu, J) (§6.4).
     ramp: the step's keep-ratio cosine ``topk_rate(step, rampdown_steps, 0.0)`` (see body_part_mask).
     feedback: (the student's aug-view confidences before its update (Bu, J), the teacher's
     aug-view peak coordinates (Bu, J, 2)) (§6.6, §7.2); None before feedback starts.
-    Both sets of maps are rendered in one call: the rendering's kernels are launched once.
+    floor, band: the confidence floor of :func:`body_part_mask` and the (good, bad) ratios of
+    :func:`feedback_mask`. Both sets of maps are rendered in one call: the rendering's kernels are launched once.
     """
-    mask = body_part_mask(confidence, groups, min_ratios, ramp)
+    mask = body_part_mask(confidence, groups, min_ratios, ramp, floor)
     if feedback is None:
         return UnlabeledTargets(render_gaussians(coords, mask, heatmap_size), mask, None, None)
     student_conf, fb_coords = feedback
-    fb_mask = feedback_mask(confidence, student_conf)
+    fb_mask = feedback_mask(confidence, student_conf, *band)
     maps = render_gaussians(torch.cat([coords, fb_coords]), torch.cat([mask, fb_mask]), heatmap_size)
     n = coords.shape[0]
     return UnlabeledTargets(maps[:n], mask, maps[n:], fb_mask)

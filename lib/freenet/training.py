@@ -249,7 +249,9 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
         for net in (teacher_net, student_net):
             compile_regions(net)
     hyper = FreeNetHyper(down_step=args.down_step, feedback_start=args.feedback_steps_start,
-                         feedback_complete=args.feedback_steps_complete, feedback_weight=args.feedback_weight)
+                         feedback_complete=args.feedback_steps_complete, feedback_weight=args.feedback_weight,
+                         pl_min_confidence=cfg.FREENET.PL_MIN_CONFIDENCE,
+                         feedback_band=tuple(cfg.FREENET.FEEDBACK_BAND))
     step_fn = FreeNetStep(teacher, student, joint_set, hyper, device, amp_dtype, channels_last)
     if args.cuda_graphs:
         step_fn = GraphedStep(step_fn)
