@@ -964,5 +964,5 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, sizes: str | Mapping[str
     path = info / "25_5_imgs_keypoints_anns_info.json"
     write_split_file(path, entries)
     summary[rel(path)] = {"entries": len(entries)}
-    logger.info("synthetic data root %s written in %.1f s", out, time.perf_counter() - t0)
+    logger.debug("synthetic data root %s written in %.1f s", out, time.perf_counter() - t0)
     return summary
