@@ -34,7 +34,6 @@ log = logging.getLogger("freenet")
 T = TypeVar("T")
 
 
-
 @dataclass
 class LoopConfig:
     total_steps: int
@@ -453,8 +452,9 @@ def _save_checked(run: RunDir, state: TrainState, teacher: OptimizedModel, stude
                 f"the {name}'s weights are not finite numbers after step {state.step + 1} (diverged: lower its "
                 f"learning rate; the logged losses show when). {run / 'checkpoint.pth'} holds the last good state, "
                 f"to resume from with other flags")
+    checkpoint = checkpoint_state(state, teacher, student, loop.eval_step, extra)   # every rank: a collective
     if distributed.is_main():
-        atomic_save(checkpoint_state(state, teacher, student, loop.eval_step, extra), run / "checkpoint.pth")
+        atomic_save(checkpoint, run / "checkpoint.pth")
 
 
 def finite_weights(model: nn.Module) -> bool:
