@@ -34,7 +34,8 @@ def select_targets(coords: torch.Tensor, confidence: torch.Tensor, groups: Seque
     feedback: (the student's aug-view confidences before its update (Bu, J), the teacher's
     aug-view peak coordinates (Bu, J, 2)) (§6.6, §7.2); None before feedback starts.
     floor, band: the confidence floor of :func:`body_part_mask` and the (good, bad) ratios of
-    :func:`feedback_mask`. Both sets of maps are rendered in one call: the rendering's kernels are launched once.
+    :func:`feedback_mask`. Both sets of maps are rendered in one call: the rendering's kernels are
+    launched once.
     """
     mask = body_part_mask(confidence, groups, min_ratios, ramp, floor)
     if feedback is None:
