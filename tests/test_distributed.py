@@ -31,6 +31,7 @@ def test_torchrun_two_processes(synthetic_root, tmp_path):
     ckpt = torch.load(runs[0] / "checkpoint.pth", weights_only=False)
     # the last step came after the last evaluation: its loss window, averaged over the ranks, is kept
     assert ckpt["step"] == 4 and ckpt["loss_window_steps"] == 1 and set(ckpt["loss_window"]) >= {"s_loss", "t_loss"}
+    assert all(v.isfinite() and v > 0 for v in ckpt["loss_window"].values() if v.is_floating_point())
     assert len((runs[0] / "val_log.txt").read_text().splitlines()) == 2
     # the checkpoint loads into a plain model and evaluates
     model = PoseHighResolutionNet(17, width=8)

@@ -295,15 +295,15 @@ def test_selection_is_a_fixed_number_of_tensor_ops():
 def test_the_selection_thresholds_of_the_config_reach_both_masks():
     """FREENET.PL_MIN_CONFIDENCE is body_part_mask's floor and FREENET.FEEDBACK_BAND feedback_mask's
     ratios (SPEC §7): a step built with other values selects as those functions do with them."""
-    js = load_joint_set("union24")
     g = torch.Generator().manual_seed(1)
-    coords = torch.rand(8, js.num_joints, 2, generator=g) * 16
-    conf, s_conf = torch.rand(2, 8, js.num_joints, generator=g)
-    groups, ratios = [p.joints for p in js.part_groups], [p.min_ratio for p in js.part_groups]
+    t_u, s_u, t_aug_u = torch.rand(3, 8, JS.num_joints, 16, 16, generator=g)      # heatmaps of 8 samples
+    conf, s_conf = t_u.flatten(2).amax(-1), s_u.flatten(2).amax(-1)              # (8, J) peak values
+    groups, ratios = [p.joints for p in JS.part_groups], [p.min_ratio for p in JS.part_groups]
     ramp = topk_rate(3, 10, 0.0)
-    default = select_targets(coords, conf, groups, ratios, ramp, (16, 16), (s_conf, coords))
-    other = select_targets(coords, conf, groups, ratios, ramp, (16, 16), (s_conf, coords), 0.7, (0.1, 0.5))
-    assert torch.equal(other.mask, body_part_mask(conf, groups, ratios, ramp, floor=0.7))
+    default = make_step().targets(t_u, s_u, t_aug_u, ramp)
+    other = make_step(pl_min_confidence=0.995, feedback_band=(0.1, 0.5)).targets(t_u, s_u, t_aug_u, ramp)
+    assert torch.equal(other.mask, body_part_mask(conf, groups, ratios, ramp, floor=0.995))
     assert torch.equal(other.feedback_mask, feedback_mask(conf, s_conf, 0.1, 0.5))
-    assert other.mask.sum() < default.mask.sum() and not torch.equal(other.feedback_mask, default.feedback_mask)
-    assert (conf[other.mask.bool()] >= 0.7).all()
+    assert torch.equal(default.mask, body_part_mask(conf, groups, ratios, ramp))
+    assert 0 < other.mask.sum() < default.mask.sum() and (conf[other.mask.bool()] >= 0.995).all()
+    assert not torch.equal(other.feedback_mask, default.feedback_mask)

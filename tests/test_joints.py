@@ -144,6 +144,10 @@ def test_bad_joint_set_files_name_the_field(tmp_path):
     misspelt = dict(good, logging_group={"head": [0]})
     with pytest.raises(JointSetError, match="bad.json: field 'logging_group': unknown field"):
         parse_joint_set(misspelt, "bad.json")
+    union = json.loads(Path(load_joint_set("union21").path).read_text())
+    union["sources"]["ap10k"]["weights"] = [1.0] * 17
+    with pytest.raises(JointSetError, match=r"u.json: field 'sources.ap10k.weights': unknown field"):
+        parse_joint_set(union, "u.json")
     extra = dict(good, part_groups=[dict(good["part_groups"][0], min_conf=0.3)])
     with pytest.raises(JointSetError, match=r"field 'part_groups\.face\.min_conf': unknown field"):
         parse_joint_set(extra, "bad.json")

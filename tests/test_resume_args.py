@@ -146,6 +146,13 @@ def test_resume_restores_the_loss_window(tmp_path):
     back = restore(str(tmp_path / "checkpoint.pth"), *nets)
     assert back.step == 4 and back.window_steps == 3
     assert {k: float(v) for k, v in back.window.items()} == {"s_loss": 1.5, "t_loss": 2.5}
+    # the loss window is saved as its mean over the ranks (what a one-process stand-in returns)
+    import freenet.engine
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(freenet.engine.distributed, "mean_over_ranks", lambda v: v * 0 + 7)
+        saved = checkpoint_state(state, *nets, 2, {})["loss_window"]
+    assert {k: float(v) for k, v in saved.items()} == {"s_loss": 7.0, "t_loss": 7.0}
     # best.json: per-metric steps; one from before them (a single "step") still reads; a broken one is named
     (tmp_path / "best.json").write_text('{"best_oks": 0.5, "best_pck": 0.25, "step": 3, "evaluated_step": 4}')
     back = restore(str(tmp_path / "checkpoint.pth"), *nets)
@@ -195,6 +202,7 @@ def test_a_split_yaml_without_level_asks_for_it():
                                                   ("--mu", "-1", "must be at least 0, got -1"),
                                                   ("--batch-size", "two", "expected an integer, got 'two'"),
                                                   ("--grad-clip", "-1", "must be > 0, got -1"),
+                                                  ("--grad-clip", "0", "must be > 0, got 0"),
                                                   ("--teacher_lr=", "-1e-5", "must be >= 0, got -1e-5"),
                                                   ("--student_lr", "nan", "must be >= 0, got nan"),
                                                   ("--feedback-weight", "two", "expected a number, got 'two'"),
@@ -341,7 +349,8 @@ def test_a_flag_after_the_overrides_is_named():
         config_from_args(args)
 
 
-@pytest.mark.parametrize("size, heat", [([80, 80], [20, 20]), ([64, 96], [16, 24]), ([64, 64], [32, 32])])
+@pytest.mark.parametrize("size, heat", [([80, 80], [20, 20]), ([64, 96], [16, 24]), ([64, 64], [32, 32]),
+                                        ([0, 0], [0, 0])])
 def test_input_sizes_the_network_cannot_take_are_refused_before_the_run(size, heat):
     from freenet.config import ConfigError, configured_joint_set, load_config
 
@@ -362,3 +371,31 @@ def test_a_resumed_run_folder_is_rid_of_unfinished_writes(tmp_path):
     run = RunDir.of_checkpoint(tmp_path / "checkpoint.pth")
     assert run.path == tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "notes.tmp"]
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_an_unfinished_evaluation(tmp_path):
+    """Recorder.forget_from: the lines of evaluations at the step and later go, and so does a line a
+    killed process left half-written; val_log.txt keeps as many lines as metrics.jsonl."""
+    from freenet.engine import Recorder, RunDir
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1}\n{"ste')
+    (tmp_path / "val_log.txt").write_text("epoch:0 a\nepoch:1 b\n")
+    recorder = Recorder(RunDir(tmp_path))
+    recorder.forget_from(1)
+    recorder.close()
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 0}\n'
+    assert (tmp_path / "val_log.txt").read_text() == "epoch:0 a\n"
+
+
+def test_evaluation_runs_in_eval_mode_and_restores_the_mode():
+    from freenet.engine import evaluate_in_eval_mode
+
+    model = torch.nn.BatchNorm2d(3)
+    assert evaluate_in_eval_mode(lambda m: {"training": m.training}, model) == {"training": False}
+    assert model.training
+
+    def failing(m):
+        raise RuntimeError("out of memory")
+    with pytest.raises(RuntimeError):
+        evaluate_in_eval_mode(failing, model)
+    assert model.training

@@ -96,18 +96,20 @@ def test_split_file_that_matches_no_record_is_an_error(tmp_path, caplog):
     records = [rec(1, [10, 10, 50, 50], ann_id=0), rec(2, [0, 0, 20, 20], ann_id=1)]
     path = tmp_path / "wrong_split.json"
     write_split_file(path, [entry(1, [20, 10, 50, 50], [1] * 17),     # its image, box 10 px off
+                            entry(1, [30, 10, 50, 50], [1] * 17),     # the same image, 20 px off
                             entry(7, [10, 10, 50, 50], [1] * 17),     # an image with no record
                             entry(8, [0, 0, 20, 20], [1] * 17)])
     with pytest.raises(DataError) as e:
         apply_split(records, load_split_file(path), path=path)
-    assert str(e.value) == (f"{path}: none of its 3 entries matches any of the 2 records (an entry matches a record "
+    assert str(e.value) == (f"{path}: none of its 4 entries matches any of the 2 records (an entry matches a record "
                             "of its image id whose box [x, y, w, h] is within 2 px on every coordinate; 1 of the "
-                            "entries' image ids have a record at all): is it the split file of this dataset and split?")
+                            "entries' 3 image ids have a record at all): is it the split file of this dataset and "
+                            "split?")
     # One entry matching: a warning about the others, the match applied.
     with caplog.at_level(logging.WARNING, logger="freenet.data.splits"):
         out, report = apply_split(records, [entry(2, [1, 1, 20, 20], [0] * 17)] + load_split_file(path), path=path)
-    assert (report.matched, report.unmatched) == (1, 3) and out[1].visibility.sum() == 0
-    assert f"{path}: 3 of 4 split entries matched no record" in caplog.text
+    assert (report.matched, report.unmatched) == (1, 4) and out[1].visibility.sum() == 0
+    assert f"{path}: 4 of 5 split entries matched no record" in caplog.text
     # Nothing to match on either side: no error.
     assert apply_split([], load_split_file(path), path=path)[1].matched == 0
     assert apply_split(records, [], path=path)[1].untouched == 2

@@ -338,9 +338,12 @@ def test_the_checkpoint_comes_before_the_evaluation_and_a_resume_does_the_one_ow
         supervised_main(["--resume", str(run / "checkpoint.pth"), "--workers", "0"])
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     caplog.clear()
+    torn = run / ".best.pth.k1ll3d.tmp"                      # what a process killed inside a save leaves
+    torn.write_bytes(b"half")
     with caplog.at_level(logging.INFO, logger="freenet"):    # all epochs trained, one evaluation owed
         assert supervised_main(["--resume", str(run / "checkpoint.pth"), "--workers", "0"]) == 0
     assert "the evaluation after epoch 2 did not finish: evaluating that checkpoint first" in caplog.text
+    assert not torn.exists()
     assert done_summary(caplog.text) == {"best_ap": 0.9, "pck_at_best_ap": 0.2, "best_epoch": 2, "run_dir": str(run)}
     straight = only_run_dir(tmp_path / "straight")
     for name in ("metrics.jsonl", "best.json"):        # one line per epoch, the same losses and scores

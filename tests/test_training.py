@@ -467,9 +467,14 @@ def test_a_resume_that_changes_what_the_run_computes_says_so(synthetic_root, tmp
 
     assert run("finetune", tiny_args(synthetic_root, tmp_path, steps=2, eval_step=2, extra=["--stop-step", "1"])) == 0
     ckpt = only_run_dir(tmp_path) / "checkpoint.pth"
-    with caplog.at_level("WARNING", logger="freenet"):
-        assert run("finetune", ["--resume", str(ckpt), "--workers", "0", "MODEL.SIGMA", "3.0",
-                                "DATASET.ROT_FACTOR", "45", "DATASET.ROOT", str(synthetic_root)]) == 0
+    torn = ckpt.parent / ".checkpoint.pth.k1ll3d.tmp"    # what a process killed inside a save leaves
+    torn.write_bytes(b"half a checkpoint")
+    overrides = ["MODEL.SIGMA", "3.0", "DATASET.ROT_FACTOR", "45", "PRINT_FREQ", "7"]
+    with caplog.at_level("WARNING", logger="freenet"):   # only MODEL.SIGMA changes what the run computes
+        assert run("finetune", ["--resume", str(ckpt), "--workers", "0", *overrides, "DATASET.ROOT", str(tmp_path)]) == 1
+        assert run("finetune", ["--resume", str(ckpt), "--workers", "0", *overrides,
+                                "DATASET.ROOT", str(synthetic_root)]) == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert ("--resume with other settings than the run: MODEL.SIGMA 3.0 (the run used 2.0); the result will differ "
             "from an uninterrupted run") in warnings, warnings
+    assert not torn.exists()

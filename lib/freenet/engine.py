@@ -282,7 +282,7 @@ class Recorder:
         if not distributed.is_main() or not metrics_file.exists():
             return
         lines = metrics_file.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line)[key] < value]
+        kept = [line for line in lines if _logged_before(line, key, value)]
         if len(kept) < len(lines):
             write_text_atomic(metrics_file, "".join(kept))
         if val_file.exists():
@@ -293,6 +293,26 @@ class Recorder:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _logged_before(line: str, key: str, value: int) -> bool:
+    """Whether a ``metrics.jsonl`` line is an evaluation before ``value`` of ``key`` (a line torn by a
+    process killed while appending it is not)."""
+    try:
+        return json.loads(line)[key] < value
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def evaluate_in_eval_mode(evaluate: Callable[[nn.Module], dict], model: nn.Module) -> dict:
+    """``evaluate(model)`` with ``model`` in eval mode (no BatchNorm statistics updated by it), then
+    back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        return evaluate(model)
+    finally:
+        model.train(was_training)
 
 
 def _scalars_only(metrics: dict) -> dict:
@@ -312,8 +332,7 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
                labeled: Iterator[dict], unlabeled: Iterator[dict], evaluate: Callable[[nn.Module], dict],
                loop: LoopConfig, state: TrainState, run: RunDir, checkpoint_extra: dict | None = None) -> TrainState:
     """Run steps ``state.step + 1 .. loop.end() − 1``; evaluate, checkpoint and log on the cadence.
-    ``evaluate(model)`` returns the metrics (``AP``, ``PCK``) and leaves ``model`` in the mode it
-    found it (:meth:`~freenet.evaluation.Evaluator.predict` runs an eval-mode copy)."""
+    ``evaluate(model)`` returns the metrics (``AP``, ``PCK``)."""
     recorder = Recorder(run)
     extra = checkpoint_extra or {}
     start = state.step + 1
@@ -417,7 +436,8 @@ def _evaluate_and_save(step, state, teacher, student, evaluate, recorder, run, l
     if save:  # first (SPEC §9): a run stopped inside the evaluation resumes with it
         _save_checked(run, state, teacher, student, loop, extra)
     if distributed.is_main():
-        s, t = (evaluate(distributed.unwrap(net.model)) for net in (student, teacher))  # student first (§9)
+        # the student first (SPEC §9)
+        s, t = (evaluate_in_eval_mode(evaluate, distributed.unwrap(net.model)) for net in (student, teacher))
         recorder.scalars("Train_Loss", {"Stu_Loss": train["s_loss"], "Tea_Loss": train["t_loss"]}, epoch)
         recorder.scalars("Val_OKS", {"Stu_OKS": s["AP"], "Tea_OKS": t["AP"]}, epoch)
         recorder.scalars("Val_PCK", {"Stu_PCK": s["PCK"], "Tea_PCK": t["PCK"]}, epoch)

@@ -27,7 +27,7 @@ from freenet.config import ConfigError
 from freenet.data.dataset import KeypointDataset, stream_loader
 from freenet.data.settings import build_training_sets
 from freenet.data.transforms import TwoViewTransform, normalize_images
-from freenet.engine import Interrupt, Recorder, RunDir, finite_weights, next_batch, resume_hint
+from freenet.engine import Interrupt, Recorder, RunDir, evaluate_in_eval_mode, finite_weights, next_batch, resume_hint
 from freenet.errors import DataError, TrainingError
 from freenet.fileio import copy_atomic, write_json_atomic
 from freenet.losses import weighted_heatmap_mse
@@ -254,7 +254,7 @@ def evaluate_epoch(model, evaluate, epoch: int, state: SupervisedState, run: Run
     ``state.pending_eval`` and keep the best AP in best.pth; best.json, written last, says the
     evaluation finished."""
     train_loss = state.pending_eval
-    metrics = evaluate(model)
+    metrics = evaluate_in_eval_mode(evaluate, model)
     recorder.scalars("Train_Loss", {"Loss": train_loss}, epoch)
     recorder.scalars("Val_OKS", {"OKS": metrics["AP"]}, epoch)
     recorder.scalars("Val_PCK", {"PCK": metrics["PCK"]}, epoch)

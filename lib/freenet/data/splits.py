@@ -185,8 +185,8 @@ def apply_split(records: Sequence[Record], entries: Sequence[Mapping], *, tol: f
         # Nothing masked: training would run on the full labels, not the missing-joint setting asked for.
         raise DataError(path or "<split entries>", f"none of its {m} entries matches any of the {n} records (an entry "
                         f"matches a record of its image id whose box [x, y, w, h] is within {tol:g} px on every "
-                        f"coordinate; {int((count > 0).sum())} of the entries' image ids have a record at all): is it "
-                        "the split file of this dataset and split?")
+                        f"coordinate; {np.unique(ent_img[count > 0]).size} of the entries' {np.unique(ent_img).size} "
+                        "image ids have a record at all): is it the split file of this dataset and split?")
     report = SplitReport(
         path=path, entries=m, matched=len(matched_ent), unmatched=len(unmatched),
         unmatched_image_ids=tuple(int(i) for i in ent_img[unmatched[:num_reported]]),
