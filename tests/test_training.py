@@ -471,7 +471,8 @@ def test_a_resume_that_changes_what_the_run_computes_says_so(synthetic_root, tmp
     torn.write_bytes(b"half a checkpoint")
     overrides = ["MODEL.SIGMA", "3.0", "DATASET.ROT_FACTOR", "45", "PRINT_FREQ", "7"]
     with caplog.at_level("WARNING", logger="freenet"):   # only MODEL.SIGMA changes what the run computes
-        assert run("finetune", ["--resume", str(ckpt), "--workers", "0", *overrides, "DATASET.ROOT", str(tmp_path)]) == 1
+        assert run("finetune", ["--resume", str(ckpt), "--workers", "0", *overrides,
+                                "DATASET.ROOT", str(tmp_path)]) == 1
         assert run("finetune", ["--resume", str(ckpt), "--workers", "0", *overrides,
                                 "DATASET.ROOT", str(synthetic_root)]) == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
