@@ -207,7 +207,7 @@ def test_label_list_ids_without_records_are_reported_with_the_file(tmp_path, cap
     path.write_text(json.dumps([2, 99, 1, 98]))
     records = [rec(1, [0, 0, 1, 1], ann_id=1), rec(3, [0, 0, 1, 1], ann_id=2), rec(2, [0, 0, 1, 1], ann_id=3)]
     with caplog.at_level(logging.WARNING, logger="freenet.data.splits"):
-        kept = filter_by_image_ids(records, load_id_list(path))
+        kept = filter_by_image_ids(records, load_id_list(path), path)
         filter_by_image_ids(records, [1, 5], path="mine.json")
     assert [r.ann_id for r in kept] == [1, 3]
     assert caplog.messages == [f"{path}: 2 of 4 listed image ids have no record (first: 98, 99)",

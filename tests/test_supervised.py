@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_MODEL
 from freenet.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from freenet.errors import DataError
-from freenet.inference import load_pose_model, trained_input_size
+from freenet.inference import load_pose_model, training_record
 from freenet.models import PoseHighResolutionNet
 from freenet.optim import OptimizedModel
 from freenet.supervised import main as supervised_main, multistep
@@ -45,7 +45,7 @@ def test_supervised_weights_initialise_the_freenet_teacher(synthetic_root, tmp_p
     assert load_model_weights(model, weights / "ap_10k_split_level_0.pth") == "(raw dict)"
     # The run's checkpoint tells inference the joint set and the 64-px input it was trained at.
     checkpoint = load_checkpoint(run_dir / "checkpoint.pth")
-    assert trained_input_size(checkpoint) == 64
+    assert training_record(checkpoint).input_size == 64
     assert load_pose_model(run_dir / "checkpoint.pth", checkpoint=checkpoint)[1].name == "ap10k"
     # and the FreeNet script picks it up by its default name for --level 0 as the teacher (SPEC §10).
     # One step: the warm-up's LR multiplier is 0 at step 0 (§8), so AdamW leaves every parameter as it is.

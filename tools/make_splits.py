@@ -116,7 +116,7 @@ def missing_joints(args) -> dict:
             raise ValueError("two --family options have the same name")
         shared = parse_joint_list(args.shared, names, num_joints)
     if args.images:
-        records = filter_by_image_ids(records, load_id_list(args.images))
+        records = filter_by_image_ids(records, load_id_list(args.images), args.images)
     entries, drawn = generate_missing_joint_split(records, families, shared, args.seed, return_families=True)
     write_split_file(args.out, entries)
 

@@ -11,6 +11,7 @@ from freenet.fileio import write_atomic
 
 # Where a checkpoint may keep the weights, in search order (SPEC §11.9); "" = the raw dict.
 MODEL_KEYS = ("teacher_model", "student_model", "state_dict", "model")
+RAW_DICT = "(raw dict)"   # where the weights are when the file holds them alone
 
 
 class CheckpointError(ValueError):
@@ -68,7 +69,7 @@ def extract_state_dict(checkpoint, key: str = "", path: str = "<checkpoint>") ->
                 found, where = checkpoint[k], k
                 break
         if found is None:
-            found, where = checkpoint, "(raw dict)"
+            found, where = checkpoint, RAW_DICT
     if not _is_state_dict(found):
         raise CheckpointError(f"{path}: '{where}' does not hold model weights (a dict of tensors)")
     return {k.removeprefix("module."): v for k, v in found.items()}, where

@@ -16,7 +16,7 @@ import torch
 
 from freenet import distributed
 from freenet.checkpoint import CheckpointError
-from freenet.config import ConfigError, configured_joint_set, load_config
+from freenet.config import ConfigError, configured_joint_set, load_config, value_of
 from freenet.device import DeviceError, autocast_dtype, configure_backends, resolve_device, usable_cpus
 from freenet.errors import DataError, EvaluationError, TrainingError
 from freenet.joints import JointSet, JointSetError
@@ -239,13 +239,8 @@ def _changed_keys(run_cfg: str, opts: list[str]) -> list[str]:
     if not keys:
         return []
     before, after = load_config(run_cfg), load_config(run_cfg, opts)
-
-    def value(cfg, key):
-        for part in key.split("."):
-            cfg = cfg[part]
-        return cfg
-    return [f"{k} {value(after, k)} (the run used {value(before, k)})" for k in keys
-            if value(after, k) != value(before, k)]
+    return [f"{k} {value_of(after, k)} (the run used {value_of(before, k)})" for k in keys
+            if value_of(after, k) != value_of(before, k)]
 
 
 @dataclass(frozen=True)

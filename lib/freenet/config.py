@@ -149,6 +149,10 @@ def _fraction(v):
     return 0 <= v <= 1
 
 
+def _band(v):
+    return len(v) == 2 and all(isinstance(x, (int, float)) and x >= 0 for x in v) and sum(v) <= 1
+
+
 # Numeric keys and the values they can take (NaN fails every test): a value outside would fail deep
 # inside a run, or worse, train without a word (a negative sigma, a scale factor of 1 or more).
 VALUE_RANGES = {
@@ -160,7 +164,15 @@ VALUE_RANGES = {
     "TRAIN.LR_FACTOR": (_positive, "> 0"), "TRAIN.WD": (_at_least_0, ">= 0"), "TRAIN.END_EPOCH": (_positive, ">= 1"),
     "TEST.BATCH_SIZE_PER_GPU": (_positive, ">= 1"), "TEST.IN_VIS_THRE": (_fraction, "in [0, 1]"),
     "TEST.OKS_THRE": (_fraction, "in [0, 1]"), "FREENET.PL_MIN_CONFIDENCE": (_at_least_0, ">= 0"),
+    "FREENET.FEEDBACK_BAND": (_band, "[top, bottom]: two fractions >= 0 that sum to at most 1"),
 }
+
+
+def value_of(cfg: CN, key: str):
+    """The value of a dotted config key (``MODEL.WIDTH``)."""
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
 
 
 def _choices():
@@ -175,18 +187,14 @@ def check_config(cfg: CN, source: str) -> None:
     malformed FREENET.EVAL_SCHEDULE raise :class:`ConfigError` naming the key and
     ``source`` (the yaml and/or the overrides)."""
     for key, (value, why) in FIXED_VALUES.items():
-        node, leaf = key.split(".")
-        if cfg[node][leaf] != value:
-            raise ConfigError(f"{source}: {key} {cfg[node][leaf]!r} is not supported ({value!r}: {why})")
+        if value_of(cfg, key) != value:
+            raise ConfigError(f"{source}: {key} {value_of(cfg, key)!r} is not supported ({value!r}: {why})")
     for key, (valid, text) in VALUE_RANGES.items():
-        node, leaf = key.split(".") if "." in key else ("", key)
-        value = cfg[node][leaf] if node else cfg[leaf]
-        if not valid(value):
-            raise ConfigError(f"{source}: {key} {value!r} must be {text}")
+        if not valid(value_of(cfg, key)):
+            raise ConfigError(f"{source}: {key} {value_of(cfg, key)!r} must be {text}")
     for key, choices in _choices().items():
-        node, leaf = key.split(".")
-        if cfg[node][leaf] not in choices:
-            raise ConfigError(f"{source}: {key} {cfg[node][leaf]!r} must be one of {', '.join(choices)}")
+        if value_of(cfg, key) not in choices:
+            raise ConfigError(f"{source}: {key} {value_of(cfg, key)!r} must be one of {', '.join(choices)}")
     from freenet.data.coco import DATASETS
 
     named = [("DATASET.DATASET", cfg.DATASET.DATASET)] if not cfg.DATASET.VAL_ANN_FILE else []
@@ -197,10 +205,6 @@ def check_config(cfg: CN, source: str) -> None:
             raise ConfigError(f"{source}: {key} {name!r} is not a dataset of the data layout (one of "
                               f"{', '.join(DATASETS)}); other COCO files come in through DATASET.TRAIN_FILE and "
                               "DATASET.VAL_ANN_FILE (README, 'Your own data')")
-    band = cfg.FREENET.FEEDBACK_BAND
-    if not (len(band) == 2 and all(isinstance(v, (int, float)) and 0 <= v for v in band) and sum(band) <= 1):
-        raise ConfigError(f"{source}: FREENET.FEEDBACK_BAND {band!r} must be [top, bottom]: two fractions >= 0 "
-                          "that sum to at most 1")
     schedule = cfg.FREENET.EVAL_SCHEDULE
     if not all(isinstance(e, (list, tuple)) and len(e) == 2 and all(isinstance(v, int) and v >= 1 for v in e)
                for e in schedule):

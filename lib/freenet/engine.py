@@ -225,22 +225,35 @@ def restore(path: str, teacher: OptimizedModel, student: OptimizedModel) -> Trai
                        window_steps=ckpt.get("loss_window_steps", 0), pending_eval=ckpt.get("pending_eval"))
     # checkpoint.pth is written before each evaluation (SPEC §9), so what that evaluation found
     # lives in best.json beside it, written when the evaluation has finished.
-    best_file = Path(path).parent / "best.json"
-    if best_file.exists():
-        try:
-            best = json.loads(best_file.read_text())
-            state.best_oks = max(state.best_oks, best.get("best_oks", -1.0))
-            state.best_pck = max(state.best_pck, best.get("best_pck", -1.0))
-            state.best_oks_step = best.get("best_oks_step", best.get("step", -1))   # (before per-metric steps:
-            state.best_pck_step = best.get("best_pck_step", best.get("step", -1))   # the last improvement)
-            evaluated = best.get("evaluated_step")
-        except (OSError, ValueError, AttributeError, TypeError) as e:
-            raise DataError(best_file, f"cannot read the run's best scores ({type(e).__name__}: {e}); it is "
-                                       "rewritten at every evaluation: delete it to resume with the scores of "
-                                       "checkpoint.pth") from e
-        if evaluated == state.step:
+    best = read_best(Path(path).parent)
+    if best:
+        state.best_oks = max(state.best_oks, best.get("best_oks", -1.0))
+        state.best_pck = max(state.best_pck, best.get("best_pck", -1.0))
+        state.best_oks_step = best.get("best_oks_step", best.get("step", -1))   # (before per-metric steps:
+        state.best_pck_step = best.get("best_pck_step", best.get("step", -1))   # the last improvement)
+        if best.get("evaluated_step") == state.step:
             state.pending_eval = None
     return state
+
+
+def read_best(run: Path, required: Sequence[str] = ()) -> dict:
+    """The run's ``best.json`` ({} when there is none). One that does not read as a JSON object with
+    the ``required`` keys is a :class:`DataError` naming it."""
+    best_file = run / "best.json"
+    if not best_file.exists():
+        return {}
+    try:
+        best = json.loads(best_file.read_text())
+        if not isinstance(best, dict):
+            raise TypeError(f"a JSON {type(best).__name__}, not an object")
+        missing = [k for k in required if k not in best]
+        if missing:
+            raise KeyError(missing[0])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(best_file, f"cannot read the run's best scores ({type(e).__name__}: {e}); it is "
+                                   "rewritten at every evaluation: delete it to resume with the scores of "
+                                   "checkpoint.pth") from e
+    return best
 
 
 class Recorder:

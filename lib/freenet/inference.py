@@ -22,7 +22,7 @@ import torch
 import yaml
 from torch import nn
 
-from freenet.checkpoint import CheckpointError, check_compatible, extract_state_dict, load_checkpoint
+from freenet.checkpoint import RAW_DICT, CheckpointError, check_compatible, extract_state_dict, load_checkpoint
 from freenet.data.transforms import normalize_images
 from freenet.evaluation import box_centre_scale, crop_matrices, decode_heatmaps, flip_back, warp_crop
 from freenet.joints import JointSet, JointSetError, load_joint_set
@@ -33,11 +33,10 @@ log = logging.getLogger(__name__)
 # A training run's resolved config, in the run folder beside checkpoint.pth and best-*.pth / best.pth.
 RUN_CONFIG = "config.yaml"
 
-# What the weights found under a checkpoint key are (SPEC §1 names the networks, §11.9 the key order);
-# "(raw dict)" is how extract_state_dict names a file holding the weights alone.
+# What the weights found under a checkpoint key are (SPEC §1 names the networks, §11.9 the key order).
 WEIGHTS_IN_WORDS = {"teacher_model": "the teacher (base network) of a FreeNet checkpoint",
                     "student_model": "the student (adaptation network) of a FreeNet checkpoint",
-                    "(raw dict)": "a state_dict (the weights alone)"}
+                    RAW_DICT: "a state_dict (the weights alone)"}
 
 # Joint set assumed for a checkpoint of J joints when none is named (20: the FreeNet AnimalPose order).
 DEFAULT_JOINT_SETS = {17: "ap10k", 19: "tigdog", 20: "animalpose", 21: "union21", 24: "union24"}
@@ -153,11 +152,6 @@ def training_record(checkpoint, weights: str | os.PathLike | None = None) -> Tra
         log.warning("%s: not a yaml mapping, so the training size and joint set are not taken from it", path)
         return TrainingRecord()
     return TrainingRecord(config, str(path))
-
-
-def trained_input_size(checkpoint, weights: str | os.PathLike | None = None) -> int | None:
-    """The input crop size the weights were trained at (:func:`training_record`), if recorded."""
-    return training_record(checkpoint, weights).input_size
 
 
 def describe_weights(checkpoint, where: str, key: str, key_option: str) -> str:

@@ -27,8 +27,9 @@ from freenet.config import ConfigError
 from freenet.data.dataset import KeypointDataset, stream_loader
 from freenet.data.settings import build_training_sets
 from freenet.data.transforms import TwoViewTransform, normalize_images
-from freenet.engine import Interrupt, Recorder, RunDir, evaluate_in_eval_mode, finite_weights, next_batch, resume_hint
-from freenet.errors import DataError, TrainingError
+from freenet.engine import (Interrupt, Recorder, RunDir, evaluate_in_eval_mode, finite_weights, next_batch, read_best,
+                            resume_hint)
+from freenet.errors import TrainingError
 from freenet.fileio import copy_atomic, write_json_atomic
 from freenet.losses import weighted_heatmap_mse
 from freenet.models import load_imagenet_backbone
@@ -232,19 +233,12 @@ def restore(path: str, net: OptimizedModel, iters_per_epoch: int) -> SupervisedS
     state.iteration = ckpt.get("iteration", (ckpt["epoch"] + 1) * iters_per_epoch)
     # checkpoint.pth is written before each evaluation, so what that evaluation found lives in
     # best.json beside it, written when the evaluation has finished.
-    best_file = Path(path).parent / "best.json"
-    if best_file.exists():
-        try:
-            best = json.loads(best_file.read_text())
-            if best["best_ap"] > state.best_ap:
-                state.best_ap, state.pck_at_best_ap, state.best_epoch = (best["best_ap"], best["pck_at_best_ap"],
-                                                                         best["best_epoch"])
-            evaluated = best["evaluated_epoch"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DataError(best_file, f"cannot read the run's best scores ({type(e).__name__}: {e}); it is "
-                                       "rewritten at every evaluation: delete it to resume with the scores of "
-                                       "checkpoint.pth") from e
-        if evaluated == ckpt["epoch"]:
+    best = read_best(Path(path).parent, ("best_ap", "pck_at_best_ap", "best_epoch", "evaluated_epoch"))
+    if best:
+        if best["best_ap"] > state.best_ap:
+            state.best_ap, state.pck_at_best_ap, state.best_epoch = (best["best_ap"], best["pck_at_best_ap"],
+                                                                     best["best_epoch"])
+        if best["evaluated_epoch"] == ckpt["epoch"]:
             state.pending_eval = None
     return state
 

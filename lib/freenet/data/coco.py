@@ -345,9 +345,10 @@ def load_coco_records(ann_file: str | os.PathLike, image_root: str | os.PathLike
         rows.append(ann)
 
     if unlisted:
-        logger.warning("%s: %d annotations (first ids %s) have a 'category_id' not in 'categories' (%s); loaded "
-                       "with the joint layout of the file's categories", ann_file, len(unlisted),
-                       ", ".join(str(a) for _, a in unlisted[:5]), _id_list({c for c, _ in unlisted}))
+        categories_seen = sorted({c for c, _ in unlisted})
+        logger.warning("%s: %d annotations (first ids %s) have a 'category_id' not in 'categories' (ids %s); "
+                       "loaded with the joint layout of the file's categories", ann_file, len(unlisted),
+                       ", ".join(str(a) for _, a in unlisted[:5]), ", ".join(map(str, categories_seen)))
 
     n = len(rows)
     boxes = np.zeros((n, 4))                                        # (A, 4) x, y, w, h; 0 = no box
@@ -388,14 +389,6 @@ def _category_ids(categories) -> set[int] | None:
     if not isinstance(categories, list):
         return None
     return {c["id"] for c in categories if isinstance(c, dict) and isinstance(c.get("id"), int)}
-
-
-def _id_list(ids: Iterable[int], shown: int = 10) -> str:
-    """``"ids 1, 2, 3"`` for messages, the first ``shown`` of them in ascending order."""
-    ids = sorted(ids)
-    if not ids:
-        return "the list is empty"
-    return "ids " + ", ".join(map(str, ids[:shown])) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def _image_paths(ann_file, kept, images_by_id, image_root: Path, default_source, check_images,

@@ -128,7 +128,7 @@ def _training_sets(dataset_cfg, joint_set: JointSet, seed: int, check_images: bo
     labeled = everything
     if mode == "label_list_split":
         list_file = resolve_data_file(dataset_cfg.LABEL_LIST, dataset_cfg.ROOT, "label list")
-        labeled = filter_by_image_ids(labeled, load_id_list(list_file))
+        labeled = filter_by_image_ids(labeled, load_id_list(list_file), list_file)
         notes.append(f"{list_file}: {len(labeled)} records of the listed images")
     split_file = resolve_data_file(dataset_cfg.SPLIT_FILE, dataset_cfg.ROOT, "missing-joint split file")
     labeled, report = apply_split(labeled, load_split_file(split_file, joint_set.num_joints), path=split_file)

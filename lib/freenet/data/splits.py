@@ -208,15 +208,7 @@ def apply_split(records: Sequence[Record], entries: Sequence[Mapping], *, tol: f
 # Image-id lists (the 25-images-per-species label lists, §3.3)
 # ----------------------------------------------------------------------------------------------
 
-class IdList(list):
-    """A list of ids that remembers the file it was read from (``path``), for later messages."""
-
-    def __init__(self, ids: Iterable[int] = (), path: str | os.PathLike = ""):
-        super().__init__(ids)
-        self.path = str(path)
-
-
-def load_id_list(path: str | os.PathLike) -> IdList:
+def load_id_list(path: str | os.PathLike) -> list[int]:
     """A JSON list of integer ids (e.g. ``label_list/annotation_list_25.json``)."""
     data = load_json(path)
     if not isinstance(data, list):
@@ -224,17 +216,16 @@ def load_id_list(path: str | os.PathLike) -> IdList:
     for i, v in enumerate(data):
         if not _is_int(v):
             raise DataError(path, f"entry {i} is not an integer id: {v!r:.40}")
-    return IdList(data, path)
+    return list(data)
 
 
 def filter_by_image_ids(records: Sequence[Record], ids: Iterable[int], path: str | os.PathLike = "",
                         num_reported: int = 10) -> list[Record]:
     """The records whose image id is listed, in their original order (same objects).
 
-    Listed ids without a record are logged as one counted warning naming the list's file:
-    ``path``, else the file an :class:`IdList` from :func:`load_id_list` was read from.
+    Listed ids without a record are logged as one counted warning naming ``path``, the list's file.
     """
-    path = str(path or getattr(ids, "path", "") or "label list")
+    path = str(path or "label list")
     wanted = {int(i) for i in ids}
     kept = [r for r in records if r.image_id in wanted]
     missing = sorted(wanted - {r.image_id for r in kept})
