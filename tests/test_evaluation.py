@@ -859,8 +859,19 @@ def test_eval_cli_refuses_an_output_dir_it_cannot_write_before_any_work(tmp_path
                         "OUTPUT_DIR", str(out)]) == 2
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [f"error: {out}: cannot write the evaluation's outputs there (OUTPUT_DIR): "
-                                         "Not a directory"]
+                                         f"{tmp_path / 'taken'} is a file, not a folder"]
     assert captured.out == ""
+
+
+def test_a_failed_evaluation_leaves_no_empty_output_folder(tmp_path, capsys):
+    """OUTPUT_DIR is tried without being made: an evaluation that then fails (no data here) leaves nothing."""
+    weights = _saved_model(tmp_path / "w8.pth", key="")
+    out = tmp_path / "new" / "eval"
+    assert _eval_cli()(["--cfg", str(REPO / "experiments/ap10k/w32_256x256_ap10k.yaml"), "MODEL.WIDTH", "8",
+                        "TEST.MODEL_FILE", str(weights), "DATASET.ROOT", str(tmp_path / "nowhere"),
+                        "OUTPUT_DIR", str(out)]) == 2
+    assert "validation annotation file not found" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 @needs_data

@@ -19,6 +19,7 @@ from freenet.checkpoint import CheckpointError
 from freenet.config import ConfigError, configured_joint_set, load_config, value_of
 from freenet.device import DeviceError, autocast_dtype, configure_backends, resolve_device, usable_cpus
 from freenet.errors import DataError, EvaluationError, TrainingError
+from freenet.fileio import why_unwritable
 from freenet.joints import JointSet, JointSetError
 
 log = logging.getLogger("freenet")
@@ -66,13 +67,9 @@ def real(low: float, high: float = math.inf, low_open: bool = False) -> Callable
 def folder_path(text: str) -> str:
     """argparse type of a folder to be made (``--output-dir``): refused at once where a file stands in
     its way or the folder cannot be written, instead of a traceback after the data has loaded."""
-    for path in (Path(text), *Path(text).absolute().parents):
-        if path.exists():
-            if not path.is_dir():
-                raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
-            if not os.access(path, os.W_OK | os.X_OK):
-                raise argparse.ArgumentTypeError(f"cannot write in {path} (permission denied)")
-            break
+    problem = why_unwritable(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

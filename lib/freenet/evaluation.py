@@ -25,7 +25,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from freenet.data.dataset import init_worker, read_image
 from freenet.data.transforms import normalize_images
 from freenet.config import configured_joint_set
 from freenet.errors import DataError, EvaluationError, from_worker
-from freenet.fileio import write_json_atomic
+from freenet.fileio import why_unwritable, write_json_atomic
 from freenet.heatmaps import argmax_keypoints, refine_quarter_offset, window_on_map
 from freenet.joints import JointSet, load_joint_set
 from freenet.models import PoseHighResolutionNet, fold_batchnorm
@@ -494,15 +493,11 @@ def format_metrics_table(metrics: dict, joint_set: JointSet | None = None) -> st
 
 
 def check_output_dir(output_dir: str | os.PathLike, key: str = "OUTPUT_DIR") -> None:
-    """Make ``output_dir`` and write a file in it, so that a folder the outputs cannot go to is said
-    (naming it and the setting ``key``) before an evaluation, not after it."""
-    try:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output_dir):
-            pass
-    except OSError as e:
-        raise EvaluationError(f"{output_dir}: cannot write the evaluation's outputs there ({key}): "
-                              f"{e.strerror or e}") from None
+    """Say (naming ``output_dir`` and the setting ``key``) that the outputs cannot go to that folder
+    before an evaluation, not after it. Nothing is made: a failed evaluation leaves no empty folder."""
+    problem = why_unwritable(output_dir)
+    if problem:
+        raise EvaluationError(f"{output_dir}: cannot write the evaluation's outputs there ({key}): {problem}")
 
 
 def write_outputs(output_dir: str | os.PathLike, metrics: dict, results: list | None = None) -> None:
