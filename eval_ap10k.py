@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from freenet.cli import NON_NEGATIVE, USER_ERRORS, Parser
+from freenet.cli import NON_NEGATIVE, USER_ERRORS, USER_ERROR_EXIT, Parser
 from freenet.config import load_config
 from freenet.device import usable_cpus
 from freenet.evaluation import METRICS_FILE, RESULTS_FILE, evaluate_from_config, format_metrics_table, write_outputs
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         metrics, results, joint_set = evaluate_from_config(cfg, args.protocol, args.results)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT
     if "model_file" in metrics:
         print(f"weights: {metrics['model_file']}: {metrics['weights']}")
     print(format_metrics_table(metrics, joint_set))  # first: a failed write below loses no result
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     except OSError as e:  # e.g. a full disk, or a folder made read-only during the evaluation
         print(f"error: {cfg.OUTPUT_DIR}: cannot write the outputs there (OUTPUT_DIR): {e.strerror or e}; "
               "the metrics are above", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT
     print(f"wrote {cfg.OUTPUT_DIR}/{METRICS_FILE}" + ("" if results is None else f" and {RESULTS_FILE}"))
     return 0
 

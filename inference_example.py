@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 
 from freenet.checkpoint import load_checkpoint
-from freenet.cli import USER_ERRORS, HelpFormatter, Parser, file_path
+from freenet.cli import USER_ERRORS, USER_ERROR_EXIT, HelpFormatter, Parser, file_path
 from freenet.data.dataset import read_image
 from freenet.errors import DataError
 from freenet.device import resolve_device
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         keypoints, scores = predict(model, image, args.box, args.flip, device, joint_set, size)
     except (*USER_ERRORS, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT
     result = pose_to_dict(keypoints, scores, joint_set, args.threshold, args.image, args.box)
     print(f"weights: {args.weights}: {describe_weights(checkpoint, key, args.key, '--key')}")
     if args.size:
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     except (cv2.error, OSError) as e:  # e.g. a full disk, or a folder made read-only since the start
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1]
         print(f"error: {path}: cannot write it ({reason})", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT
     print(f"wrote {args.out}" + (f" and {args.json}" if args.json else ""))
     return 0
 

@@ -77,7 +77,7 @@ def test_output_folder_of_the_user_is_refused_and_a_demo_folder_is_replaced(tmp_
 def test_a_device_it_cannot_use_is_one_line_before_any_data(tmp_path, capsys):
     from freenet.demo import main
 
-    assert main(["--quick", "--device", "cuda", "--out", str(tmp_path / "d")]) == 1
+    assert main(["--quick", "--device", "cuda", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert err == "error: device 'cuda' requested but CUDA is not available (use --device cpu)\n"
     assert not (tmp_path / "d").exists()

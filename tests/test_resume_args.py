@@ -306,7 +306,7 @@ def test_a_weights_name_with_an_unknown_field_is_one_line(tmp_path, capsys):
 
     code = run("train_split_ap10k", ["--level", "0", "--device", "cpu", "--pretrained-weights-name", "x{y}.pth",
                                      "--output-dir", str(tmp_path)])
-    assert code == 1
+    assert code == 2
     assert "--pretrained-weights-name 'x{y}.pth': the only fields are {level} and {ratio}" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())                       # refused before a run folder exists
 

@@ -103,20 +103,20 @@ def test_wrong_teacher_file_is_a_one_line_error(synthetic_root, tmp_path, capsys
     code = run("train_split_ap10k", ["--level", "0", "--data-root", str(synthetic_root), "--output-dir", str(tmp_path),
                           "--pretrained-model-path", str(weights), "--total-steps", "2", "--workers", "0",
                           *TINY_MODEL])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "predicts 21 joints but the model has 17" in err[0]
     code = run("train_split_ap10k", ["--level", "0", "--data-root", str(synthetic_root), "--output-dir", str(tmp_path),
                           "--pretrained-model-path", str(tmp_path / "nowhere"), "--total-steps", "2",
                           "--workers", "0", *TINY_MODEL])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
     assert "base-network (teacher) weights not found" in err and "train_supervised.py" in err
     assert "download" not in err                       # the authors released no split-level base network
     code = run("train_synthetic_ap10k", ["--data-root", str(synthetic_root), "--output-dir", str(tmp_path),
                                          "--pretrained-model-path", str(tmp_path / "nowhere"), "--total-steps", "2",
                                          "--workers", "0", *TINY_MODEL])
-    assert code == 1
+    assert code == 2
     assert "download the authors' 25_5_imgs_SL_hrnet_pretrained.pth (renamed pretrained_25_5.pth)" in \
         capsys.readouterr().err
 
@@ -127,7 +127,7 @@ def test_cuda_requested_without_cuda_is_a_one_line_error(synthetic_root, tmp_pat
 
     code = run("train_split_ap10k", ["--level", "0", "--device", "cuda", "--data-root", str(synthetic_root),
                                      "--output-dir", str(tmp_path), "--workers", "0", *TINY_MODEL])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CUDA is not available" in err[0]
 
@@ -211,7 +211,7 @@ def test_resume_from_another_kind_of_checkpoint_is_one_line(synthetic_root, tmp_
     code = supervised_main(["--cfg", "experiments/ap10k/freenet_split.yaml", "--level", "0",
                             "--data-root", str(synthetic_root), "--resume", str(tmp_path / "run" / "checkpoint.pth"),
                             "--workers", "0", *TINY_MODEL])
-    assert code == 1
+    assert code == 2
     assert "checkpoint.pth: not a train_supervised.py checkpoint: no 'model'" in capsys.readouterr().err
 
 
@@ -328,7 +328,7 @@ def test_the_checkpoint_comes_before_the_evaluation_and_a_resume_does_the_one_ow
                                          "run_dir": str(only_run_dir(out))}
 
     out, fail["evaluation of"] = tmp_path / "halves", 1
-    assert supervised_main(supervised_args(synthetic_root, out, "--epochs", "2")) == 1
+    assert supervised_main(supervised_args(synthetic_root, out, "--epochs", "2")) == 2
     run = only_run_dir(out)
     done = torch.load(only_run_dir(tmp_path / "straight") / "checkpoint.pth", weights_only=False)["iteration"]
     assert torch.load(run / "checkpoint.pth", weights_only=False)["iteration"] == done     # epoch 2 kept
@@ -360,7 +360,7 @@ def test_weights_that_are_no_longer_numbers_stop_the_run_before_saving_that_epoc
     loss = sup.weighted_heatmap_mse
     with monkeypatch.context() as m:                  # diverged from the start: nothing written
         m.setattr(sup, "weighted_heatmap_mse", lambda *a: loss(*a) * float("nan"))
-        assert supervised_main(supervised_args(synthetic_root, tmp_path / "a", "--epochs", "2")) == 1
+        assert supervised_main(supervised_args(synthetic_root, tmp_path / "a", "--epochs", "2")) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "the weights are not finite numbers after epoch 1" in last_line(err)
     assert "no checkpoint was saved" in last_line(err)
@@ -374,7 +374,7 @@ def test_weights_that_are_no_longer_numbers_stop_the_run_before_saving_that_epoc
     capsys.readouterr()
     with monkeypatch.context() as m:                  # diverged in the second epoch: the first one's files stay
         m.setattr(sup, "weighted_heatmap_mse", lambda *a: loss(*a) * float("nan"))
-        assert supervised_main(["--resume", str(run / "checkpoint.pth"), "--workers", "0"]) == 1
+        assert supervised_main(["--resume", str(run / "checkpoint.pth"), "--workers", "0"]) == 2
     err = last_line(capsys.readouterr().err)
     assert err.startswith("error: the weights are not finite numbers after epoch 2 (diverged: lower TRAIN.LR)")
     assert f"{run / 'checkpoint.pth'} (iteration {iteration}) holds the last good state" in err
@@ -394,7 +394,7 @@ def test_a_save_as_that_cannot_be_written_at_the_end_says_where_the_weights_are(
 
     monkeypatch.setattr(sup, "copy_atomic", full_disk)
     target = tmp_path / "weights" / "base.pth"
-    assert supervised_main(supervised_args(synthetic_root, out, "--epochs", "1", "--save-as", str(target))) == 1
+    assert supervised_main(supervised_args(synthetic_root, out, "--epochs", "1", "--save-as", str(target))) == 2
     run = only_run_dir(out)
     assert last_line(capsys.readouterr().err) == (f"error: --save-as {target}: cannot copy the best weights there "
                                                   f"(No space left on device); they are in {run / 'best.pth'}")
@@ -409,7 +409,7 @@ def test_a_bad_image_read_in_a_loader_worker_is_one_line(synthetic_root, tmp_pat
         image.write_bytes(b"\xff\xd8 truncated")
     args = supervised_args(root, tmp_path / "out", "--epochs", "1")
     args[args.index("--workers") + 1] = "2"
-    assert supervised_main(args) == 1
+    assert supervised_main(args) == 2
     err = capsys.readouterr().err
     assert "DataLoader worker" not in err and "Traceback" not in err, err
     assert last_line(err).startswith("error: ") and "cannot read image" in last_line(err)

@@ -215,7 +215,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root, t
 
     # A finished run has nothing left to train; a longer --total-steps goes on, and the next bare
     # --resume (the command the run prints) reads it: args.json holds the last command's flags.
-    assert run("train_split_ap10k", ["--resume", str(first), "--workers", "0"]) == 1
+    assert run("train_split_ap10k", ["--resume", str(first), "--workers", "0"]) == 2
     assert "nothing to train: the run has done 6 steps and ends at step 6 (--total-steps 6)" in capsys.readouterr().err
     assert run("train_split_ap10k", ["--resume", str(first), "--workers", "0", "--total-steps", "8",
                                      "--stop-step", "7"]) == 0
@@ -292,7 +292,7 @@ def test_corrupted_image_stops_the_run_naming_the_file(synthetic_root, tmp_path,
         image.write_bytes(b"\xff\xd8 truncated")
     proc = run_script("train_split_ap10k.py", ["--level", "0", "--resume", str(ckpt_path),
                                                *tiny_args(root, out, steps=40, eval_step=20, workers=workers)])
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "cannot read image" in last
     assert any(str(image) in last for image in bad), last
@@ -305,11 +305,11 @@ def test_a_feedback_ramp_that_ends_before_it_starts_or_a_run_with_no_step_is_ref
     from freenet.training import run
 
     args = tiny_args(synthetic_root, tmp_path, extra=["--feedback-steps-start", "5", "--feedback-steps-complete", "3"])
-    assert run("finetune", args) == 1
+    assert run("finetune", args) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         "error: --feedback-steps-complete 3 is before --feedback-steps-start 5"
     assert not any(tmp_path.iterdir()), "refused before a run directory is made"
-    assert run("finetune", tiny_args(synthetic_root, tmp_path, extra=["--start-step", "4"])) == 1
+    assert run("finetune", tiny_args(synthetic_root, tmp_path, extra=["--start-step", "4"])) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         "error: nothing to train: --start-step 4 and the run ends at step 4 (--total-steps 4)"
     assert not any(tmp_path.iterdir())
@@ -320,7 +320,7 @@ def test_a_feedback_ramp_that_ends_before_it_starts_or_a_run_with_no_step_is_ref
                                               (["MODEL.HEATMAP_SIZE", "[32,32]"], "MODEL.HEATMAP_SIZE")])
 def test_a_bad_override_is_one_line_naming_the_key(synthetic_root, tmp_path, override, named):
     proc = run_script("train_split_ap10k.py", ["--level", "0", *tiny_args(synthetic_root, tmp_path), *override])
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and named in last, last
@@ -353,7 +353,7 @@ def test_compile_regions_trains_evaluates_and_saves_the_plain_layout(synthetic_r
 
 def test_cuda_graphs_without_cuda_is_one_line(synthetic_root, tmp_path):
     proc = run_script("finetune.py", tiny_args(synthetic_root, tmp_path, extra=("--cuda-graphs", "--device", "cpu")))
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --cuda-graphs needs one CUDA process")
     assert not any(tmp_path.glob("ours_*"))                      # refused before anything was made
 
@@ -452,7 +452,7 @@ def test_weights_that_are_no_longer_numbers_stop_the_run_before_they_are_saved(s
             return out
 
     monkeypatch.setattr(freenet.training, "FreeNetStep", Diverging)
-    assert freenet.training.run("finetune", tiny_args(synthetic_root, tmp_path, steps=4, eval_step=2)) == 1
+    assert freenet.training.run("finetune", tiny_args(synthetic_root, tmp_path, steps=4, eval_step=2)) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         "error: the student's weights are not finite numbers after step 4 (diverged: lower its learning rate")
     run_dir = only_run_dir(tmp_path)
@@ -472,7 +472,7 @@ def test_a_resume_that_changes_what_the_run_computes_says_so(synthetic_root, tmp
     overrides = ["MODEL.SIGMA", "3.0", "DATASET.ROT_FACTOR", "45", "PRINT_FREQ", "7"]
     with caplog.at_level("WARNING", logger="freenet"):   # only MODEL.SIGMA changes what the run computes
         assert run("finetune", ["--resume", str(ckpt), "--workers", "0", *overrides,
-                                "DATASET.ROOT", str(tmp_path)]) == 1
+                                "DATASET.ROOT", str(tmp_path)]) == 2
         assert run("finetune", ["--resume", str(ckpt), "--workers", "0", *overrides,
                                 "DATASET.ROOT", str(synthetic_root)]) == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

@@ -24,9 +24,11 @@ from freenet.joints import JointSet, JointSetError
 
 log = logging.getLogger("freenet")
 
-# Errors a user can fix (bad data, missing file, wrong checkpoint): one line, no traceback.
+# Errors a user can fix (bad data, missing file, wrong checkpoint): one line, no traceback, and the exit
+# code argparse gives a bad flag; 1 is left to crashes (a traceback) and to tools that found problems.
 USER_ERRORS = (DataError, CheckpointError, ConfigError, JointSetError, EvaluationError, DeviceError, TrainingError,
                FileNotFoundError)
+USER_ERROR_EXIT = 2
 
 
 def at_least(low: int) -> Callable[[str], int]:
@@ -102,7 +104,7 @@ class Parser(argparse.ArgumentParser):
         _, _, unknown = message.partition("unrecognized arguments: ")
         flags = [token.split("=")[0] for token in unknown.split()]
         advice = [f"{flag}: {hint}" for flag in flags for prefix, hint in self.hints.items() if flag.startswith(prefix)]
-        self.exit(2, f"{self.prog}: error: {'; '.join([message, *advice])} (--help lists the flags)\n")
+        self.exit(USER_ERROR_EXIT, f"{self.prog}: error: {'; '.join([message, *advice])} (--help lists the flags)\n")
 
 
 # The original code's training flags not taken over, and what to use instead (README, Training).
@@ -269,12 +271,12 @@ def setup_device(cfg) -> torch.device:
 
 
 def run_main(fn: Callable[[], object]) -> int:
-    """Run ``fn``; a user error prints one line and exits 1 (no traceback)."""
+    """Run ``fn``; a user error prints one line and exits USER_ERROR_EXIT (no traceback)."""
     try:
         fn()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return USER_ERROR_EXIT
     finally:
         distributed.shutdown()
         # A failed run's data loaders can outlive it in reference cycles through the traceback (a
