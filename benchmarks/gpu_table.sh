@@ -9,10 +9,12 @@
 # broken path does not cost the other figures. The compiling commands, whose GPU time has not been
 # measured yet, come last. --budget S: the whole run may take S seconds at most; a command whose
 # time limit no longer fits in what is left is skipped (and listed), so a short GPU lease still gets
-# the first figures of the table. PYTHON picks the interpreter (default python3); it must import freenet
-# (pip install -e ., or PYTHONPATH=lib).
+# the first figures of the table. PYTHON picks the interpreter (default python3); the package is
+# taken from this checkout's lib/ (no install needed), the other packages from the interpreter's
+# environment (with PYTHONPATH, e.g. wheels unpacked by pip install --target DIR).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/lib${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
 
 # name | seconds | command (run from the repository root)

@@ -122,3 +122,16 @@ def test_budget_must_be_whole_seconds(tmp_path):
     done, out = run_table(tmp_path, "--budget", "9m", "step", stand_in="echo '{}'")
     assert done.returncode == 2 and "--budget takes whole seconds, not '9m'" in done.stderr
     assert not out.exists()
+
+
+def test_commands_import_the_checkouts_package_without_an_install(tmp_path):
+    """A bare GPU machine has no ``pip install -e .``: the table puts lib/ first on PYTHONPATH and
+    keeps what the caller put there (the unpacked wheels of the other packages)."""
+    python = tmp_path / "python"
+    python.write_text('#!/usr/bin/env bash\necho "{\\"path\\": \\"$PYTHONPATH\\"}"\n')
+    python.chmod(0o755)
+    done = subprocess.run(["bash", str(SCRIPT), "--out", str(tmp_path / "f"), "selection"], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "PYTHON": str(python), "PYTHONPATH": "/tmp/site"},
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "f" / "figures.jsonl").read_text() == f'{{"path": "{REPO / "lib"}:/tmp/site"}}\n'
