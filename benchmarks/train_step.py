@@ -110,12 +110,16 @@ def main():
     if args.cuda_graphs:     # the eager warm-up steps and the recording come before the timed replays
         run_step = GraphedStep(step)
         warmup = max(warmup, run_step.warmup_steps + 2)
+
+    def one_step():
+        run_step(next(counter), labeled, unlabeled)
+
     t0 = time.perf_counter()      # the warm-up: compiling, cuDNN autotuning, the CUDA-graph recording
     for _ in range(warmup):
-        run_step(next(counter), labeled, unlabeled)
+        one_step()
     sync(device)
     warmup_s = time.perf_counter() - t0
-    t = time_it(lambda: run_step(next(counter), labeled, unlabeled), device, args.repeat, 0)
+    t = time_it(one_step, device, args.repeat, 0)
     images = args.batch * (1 + args.mu)
     record = {"benchmark": "train_step", **base, "steps_per_s": round(1 / t["median_s"], 3),
               "s_per_step": round(t["median_s"], 4), "images_per_s": round(images / t["median_s"], 1),
@@ -124,8 +128,10 @@ def main():
         record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
     if not (args.compile or args.compile_regions):   # counting does not see inside compiled code (it counts eager ops)
         # with --cuda-graphs: what the host still issues per step (input copies, schedules, the replay)
-        ops = dispatched_ops(lambda: run_step(next(counter), labeled, unlabeled), launches_only=True)
+        ops = dispatched_ops(one_step, launches_only=True)
         record["tensor_ops"] = sum(ops.values())
+        # and every operation dispatched: the views, detaches and empty buffers that launch nothing too
+        record["tensor_ops_dispatched"] = sum(dispatched_ops(one_step).values())
         # which operations the launches are (convolutions, BatchNorm, ReLU, adds: what fusion would remove)
         record["tensor_ops_top"] = {name.removeprefix("aten."): n for name, n in ops.most_common(8)}
     emit(record)
