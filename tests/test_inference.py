@@ -356,6 +356,8 @@ def test_a_key_missing_from_a_checkpoint_lists_ten_of_its_other_keys():
 def test_an_unparsable_device_is_a_device_error_naming_it():
     with pytest.raises(DeviceError, match=r"^unknown device 'gpu' \(use cpu, cuda, cuda:N or auto\)$"):
         resolve_device("gpu")
+    with pytest.raises(DeviceError, match=r"^device 'mps': this project runs on the CPU or CUDA \(use cpu, cuda"):
+        resolve_device("mps")   # torch parses it, and a CPU build fails only when a tensor moves there
     assert resolve_device("cpu") == torch.device("cpu")
 
 

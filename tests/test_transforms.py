@@ -8,7 +8,7 @@ import torch
 
 from conftest import REPO
 from freenet.config import load_config
-from freenet.data.dataset import KeypointDataset, StreamSampler, collate, read_image
+from freenet.data.dataset import KeypointDataset, StreamSampler, collate, read_image, stream_loader
 from freenet.data.records import Record
 from freenet.data.transforms import (AugmentConfig, TwoViewTransform, apply_matrix, crop_matrix, half_body_box,
                                      normalize_images)
@@ -209,6 +209,24 @@ def test_dataset_sample_is_a_function_of_its_key(tmp_path):
     assert not torch.equal(a["ori"], c["ori"])
     batch = collate([a, c])
     assert batch["ori"].shape == (2, 3, 64, 64) and batch["index"].tolist() == [0, 0]
+
+
+def test_the_stream_loads_the_same_batches_in_spawned_workers(tmp_path):
+    """macOS and Windows start DataLoader workers by spawning (Python 3.14 on Linux: forkserver), which
+    pickles the dataset, its transform and the collate and worker functions: all must survive that,
+    and a worker's batches must equal the main process's."""
+    js = load_joint_set("ap10k")
+    for i in range(3):
+        img = np.random.default_rng(i).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+        cv2.imwrite(str(tmp_path / f"{i}.png"), img)
+    transform = TwoViewTransform(js, AugmentConfig(input_size=64, heatmap_size=16))
+    ds = KeypointDataset([record(tmp_path / f"{i}.png") for i in range(3)], transform, seed=5, stream=0)
+    spawned = stream_loader(ds, 2, start_batch=1, workers=1)
+    spawned.multiprocessing_context = "spawn"
+    batches = [batch for batch, _ in zip(spawned, range(2))]
+    assert [b["ori"].shape for b in batches] == [(2, 3, 64, 64)] * 2
+    for got, want in zip(batches, stream_loader(ds, 2, start_batch=1)):
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_stream_sampler_resume_ranks_and_epochs():

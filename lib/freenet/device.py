@@ -30,13 +30,16 @@ def usable_cpus() -> int:
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> this rank's CUDA device when available, else the CPU; ``cpu``, ``cuda``, ``cuda:N`` as
-    named (``cuda`` = this rank's GPU). A name torch cannot parse (``gpu``) is a :class:`DeviceError`."""
+    named (``cuda`` = this rank's GPU). A name torch cannot parse (``gpu``) or another kind of device
+    (``mps``) is a :class:`DeviceError`."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:  # torch's message lists twenty device types; say what this project takes
         raise DeviceError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
+    if device.type not in ("cpu", "cuda"):   # mps, xpu, ...: nothing here is written or tested for them
+        raise DeviceError(f"device {name!r}: this project runs on the CPU or CUDA (use cpu, cuda, cuda:N or auto)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"device {name!r} requested but CUDA is not available (use --device cpu)")
