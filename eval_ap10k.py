@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import sys
 
-from freenet.cli import NON_NEGATIVE, USER_ERRORS, USER_ERROR_EXIT, Parser
+from freenet.cli import NON_NEGATIVE, USER_ERRORS, Parser
 from freenet.config import load_config
 from freenet.device import usable_cpus
+from freenet.errors import USER_ERROR_EXIT
 from freenet.evaluation import METRICS_FILE, RESULTS_FILE, evaluate_from_config, format_metrics_table, write_outputs
 
 

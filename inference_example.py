@@ -17,10 +17,10 @@ from pathlib import Path
 import cv2
 
 from freenet.checkpoint import load_checkpoint
-from freenet.cli import USER_ERRORS, USER_ERROR_EXIT, HelpFormatter, Parser, file_path
+from freenet.cli import USER_ERRORS, HelpFormatter, Parser, file_path
 from freenet.data.dataset import read_image
-from freenet.errors import DataError
 from freenet.device import resolve_device
+from freenet.errors import USER_ERROR_EXIT, DataError
 from freenet.fileio import write_json_atomic
 from freenet.inference import (RUN_CONFIG, describe_weights, draw_pose, load_pose_model, pose_to_dict, predict,
                                training_record)

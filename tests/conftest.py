@@ -1,3 +1,5 @@
+import contextlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +79,12 @@ def random_batch(n: int, seed: int, num_joints: int, with_target: bool = True, s
                                              (size // 4, size // 4)) for _ in range(n)))
         out["target"], out["target_weight"] = torch.from_numpy(np.stack(maps)), torch.from_numpy(np.stack(valid))
     return out
+
+
+@contextlib.contextmanager
+def tool_error(capsys, pattern: str):
+    """The block ends a tool as a user error does: exit code 2 and a message matching ``pattern`` on stderr."""
+    with pytest.raises(SystemExit) as e:
+        yield
+    assert e.value.code == 2
+    assert re.search(pattern, capsys.readouterr().err)

@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_MODEL
+from conftest import REPO, TINY_MODEL, tool_error
 from freenet.data.checks import check_coco_file, file_complete
 from freenet.data.coco import load_coco_records
 from freenet.data.dataset import read_image
@@ -47,6 +47,7 @@ def load_tool(name):
 make_splits = load_tool("make_splits")
 check_annotations = load_tool("check_annotations")
 draw_annotations = load_tool("draw_annotations")
+build_union_tool = load_tool("build_union")
 
 
 def write_json(path, data):
@@ -447,12 +448,12 @@ def test_families_by_joint_name_equal_the_preset(ap10k_val_file, tmp_path, capsy
 
 
 @needs_data
-def test_split_of_a_file_in_another_joint_order_is_in_the_order_training_reads(tmp_path):
+def test_split_of_a_file_in_another_joint_order_is_in_the_order_training_reads(tmp_path, capsys):
     """MMPose's AnimalPose file lists FreeNet's AnimalPose joints in another order; training reads it
     in the joint set's order, so the split must be too: without --joints it is refused, with it the
     split hides the joints it names (given in the file's own spellings) once training has read it."""
     ann = SHARED / "mmpose_samples" / "animalpose" / "test_animalpose.json"
-    with pytest.raises(SystemExit, match=r"joint set animalpose in another order \(and of animalpose_mmpose in "
+    with tool_error(capsys, r"joint set animalpose in another order \(and of animalpose_mmpose in "
                                          r"this one\).*give --joints"):
         split(tmp_path, ann, "--family", "front=L_F_Elbow,R_F_Elbow", "--shared", "0")
     out, _ = split(tmp_path, ann, "--joints", "animalpose", "--family", "front=L_F_Elbow,R_F_Elbow",
@@ -479,14 +480,14 @@ def test_joint_list_parsing():
 
 
 @needs_data
-def test_missing_joints_errors_are_one_line(tmp_path):
-    with pytest.raises(SystemExit, match=r"preset 'level0' uses AP-10K joint indices \(17 joints\); .*has 20"):
+def test_missing_joints_errors_are_one_line(tmp_path, capsys):
+    with tool_error(capsys, r"preset 'level0' uses AP-10K joint indices \(17 joints\); .*has 20"):
         split(tmp_path, ANN / "animal_pose_val.json", "--joints", "animalpose", "--preset", "level0")
-    with pytest.raises(SystemExit, match="unknown joint 'elbow'"):
+    with tool_error(capsys, "unknown joint 'elbow'"):
         split(tmp_path, ANN / "animal_pose_val.json", "--joints", "animalpose", "--family", "front=elbow")
     # FreeNet's AnimalPose order is animalpose's and not animalpose_mmpose's: which one training reads
     # it with is the config's choice, so the split needs --joints
-    with pytest.raises(SystemExit, match=r"joint set animalpose_mmpose in another order \(and of animalpose in "
+    with tool_error(capsys, r"joint set animalpose_mmpose in another order \(and of animalpose in "
                                          r"this one\).*give --joints"):
         split(tmp_path, ANN / "animal_pose_val.json", "--family", "front=L_F_hip")
 
@@ -746,3 +747,17 @@ def test_training_reads_generated_files(script, synthetic_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert f"{split_file}: {n}/{n} entries matched a record, 0/{n} records untouched" in log
+
+
+def test_every_tool_ends_a_user_error_with_exit_code_2(tmp_path, capsys):
+    """The scripts' convention (README: exit codes): 2 and one line for an input the user can fix;
+    check_annotations.py's 1 means problems found in a file it could read."""
+    missing = str(tmp_path / "missing.json")
+    with tool_error(capsys, f"^draw_annotations.py: .*{missing}"):
+        draw_annotations.main([missing, "--images", str(tmp_path), "--out", str(tmp_path / "sheet.png")])
+    with tool_error(capsys, f"^make_splits.py ratio: .*{missing}"):
+        make_splits.main(["ratio", "--ann", missing, "--ratio", "0.1", "--out-prefix", str(tmp_path / "p")])
+    assert check_annotations.main([missing, "--joints", "no_such_set"]) == 2
+    assert "check_annotations.py: --joints: " in capsys.readouterr().err
+    assert build_union_tool.main(["--out", str(tmp_path / "u"), "--name", "u", "--source", f"ap10k={missing}"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import tool_error
 from freenet.data import synthetic as syn
 from freenet.data.coco import DATASETS, DataLayout, load_coco_records, to_union
 from freenet.data.dataset import read_image
@@ -287,7 +288,7 @@ def test_split_files_apply_to_the_ap10k_train_records_without_unmatched_entries(
     assert report.unmatched == 0 and len(entries) == len(labeled)
 
 
-def test_sizes_and_the_command_line(tmp_path):
+def test_sizes_and_the_command_line(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown size preset 'huge'"):
         syn.resolve_sizes("huge")
     with pytest.raises(ValueError, match="unknown size keys"):
@@ -301,5 +302,5 @@ def test_sizes_and_the_command_line(tmp_path):
     assert summary["ap10k_animalpose_tigdog/annotations/ap10k_animalpose_tigdog_val.json"]["images"] == 2
     assert read_image(str(next((tmp_path / "tigdog" / "data").rglob("*.jpg")))).shape == (64, 64, 3)
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(SystemExit, match=re.escape(f"--out {tmp_path / 'a_file'} is a file, not a folder")):
+    with tool_error(capsys, re.escape(f"--out {tmp_path / 'a_file'} is a file, not a folder")):
         cli.main(["--out", str(tmp_path / "a_file")])

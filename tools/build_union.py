@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from freenet.errors import DataError
+from freenet.errors import USER_ERROR_EXIT, DataError
 from freenet.joints import JointSetError, load_joint_set
 from freenet.unions import SourceFile, UnionError, make_union_folder, parse_rename
 
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
                                   sample_ratio=args.sample_ratio, check_images=args.check_images)
     except (UnionError, DataError, JointSetError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT
     print(built.report_file.read_text(), end="")
     for split, stats in (("train", built.train_stats), ("val", built.val_stats)):
         for st in stats:

@@ -16,6 +16,7 @@ import json
 import sys
 
 from freenet.data.checks import check_coco_file
+from freenet.errors import USER_ERROR_EXIT
 from freenet.joints import JointSetError, load_joint_set
 
 
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
         joint_set = load_joint_set(args.joints) if args.joints else None
     except (JointSetError, OSError) as e:
         print(f"check_annotations.py: --joints: {e}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT
     report = check_coco_file(args.file, args.images, joint_set, check_images=not args.no_images,
                              workers=args.workers, progress=sys.stderr.isatty())
     print(report.format(args.show))

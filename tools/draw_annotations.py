@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from freenet.data.drawing import draw_contact_sheet
-from freenet.errors import DataError
+from freenet.errors import DataError, exit_with_error
 from freenet.joints import JointSetError, load_joint_set
 from freenet.plots import save_rgb
 
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
                                           threshold=args.threshold, seed=args.seed)
         save_rgb(args.out, sheet)
     except (DataError, JointSetError, FileNotFoundError, OSError) as e:
-        sys.exit(f"draw_annotations.py: {e}")
+        exit_with_error(f"draw_annotations.py: {e}")
     print(f"wrote {args.out}: {len(tiles)} tiles, {sheet.shape[1]}x{sheet.shape[0]} px")
     return 0
 

@@ -17,7 +17,6 @@ Every command takes --seed (default 2). Instances are those the training loads.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from freenet.data.splits import (SPLIT_PRESETS, collision_offsets, filter_by_ima
                                  generate_missing_joint_split, image_categories, load_id_list, offset_records,
                                  parse_family, parse_joint_list, ratio_id_files, sample_by_ratio,
                                  sample_per_category, write_id_list, write_split_file)
-from freenet.errors import DataError
+from freenet.errors import DataError, exit_with_error
 from freenet.fileio import write_json_atomic
 from freenet.joints import JointSetError, available_joint_sets, load_joint_set
 
@@ -181,7 +180,7 @@ def main(argv=None) -> dict:
     try:
         return COMMANDS[args.command](args)
     except (DataError, JointSetError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"make_splits.py {args.command}: {e}")
+        exit_with_error(f"make_splits.py {args.command}: {e}")
 
 
 if __name__ == "__main__":

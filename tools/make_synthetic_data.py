@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 
 from freenet.data.synthetic import SIZE_PRESETS, generate
+from freenet.errors import exit_with_error
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,7 +41,7 @@ def sizes_from_args(args: argparse.Namespace) -> dict[str, int]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
-        sys.exit(f"make_synthetic_data.py: --out {args.out} is a file, not a folder")
+        exit_with_error(f"make_synthetic_data.py: --out {args.out} is a file, not a folder")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
     summary = generate(args.out, seed=args.seed, sizes=sizes_from_args(args), image_size=args.image_size,

@@ -18,17 +18,15 @@ from freenet import distributed
 from freenet.checkpoint import CheckpointError
 from freenet.config import ConfigError, configured_joint_set, load_config, value_of
 from freenet.device import DeviceError, autocast_dtype, configure_backends, resolve_device, usable_cpus
-from freenet.errors import DataError, EvaluationError, TrainingError
+from freenet.errors import USER_ERROR_EXIT, DataError, EvaluationError, TrainingError
 from freenet.fileio import why_unwritable
 from freenet.joints import JointSet, JointSetError
 
 log = logging.getLogger("freenet")
 
-# Errors a user can fix (bad data, missing file, wrong checkpoint): one line, no traceback, and the exit
-# code argparse gives a bad flag; 1 is left to crashes (a traceback) and to tools that found problems.
+# Errors a user can fix (bad data, missing file, wrong checkpoint): one line, no traceback, USER_ERROR_EXIT.
 USER_ERRORS = (DataError, CheckpointError, ConfigError, JointSetError, EvaluationError, DeviceError, TrainingError,
                FileNotFoundError)
-USER_ERROR_EXIT = 2
 
 
 def at_least(low: int) -> Callable[[str], int]:

@@ -1,6 +1,13 @@
 """Errors that name the file and the field (SPEC §3.2): bad data never fails silently."""
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
+# The exit code of every script and tool for an error the user can fix (a flag, a config key, an input
+# file): argparse's for a bad flag. 1 is left to crashes (a traceback) and to a check that found problems.
+USER_ERROR_EXIT = 2
+
 
 class DataError(ValueError):
     """Bad input data. The message always names the file and, where known, the record id."""
@@ -43,3 +50,9 @@ class EvaluationError(ValueError):
 class TrainingError(RuntimeError):
     """A run that cannot go on (its weights are no longer finite numbers); the message names the
     last good checkpoint."""
+
+
+def exit_with_error(message: str) -> NoReturn:
+    """End a tool with a one-line error: ``message`` on stderr, exit code :data:`USER_ERROR_EXIT`."""
+    print(message, file=sys.stderr)
+    raise SystemExit(USER_ERROR_EXIT)
