@@ -414,3 +414,26 @@ def test_a_bad_image_read_in_a_loader_worker_is_one_line(synthetic_root, tmp_pat
     assert "DataLoader worker" not in err and "Traceback" not in err, err
     assert last_line(err).startswith("error: ") and "cannot read image" in last_line(err)
     assert any(str(image) in last_line(err) for image in bad)
+
+
+@pytest.mark.parametrize("flag, nhwc", [("--channels-last", True), ("--no-channels-last", False)])
+def test_channels_last_reaches_the_training_forward(synthetic_root, tmp_path, monkeypatch, flag, nhwc):
+    """--channels-last (the default, as for the FreeNet scripts) trains on NHWC weights and inputs."""
+    import freenet.supervised as sup
+
+    seen = []
+
+    def recording_model(cfg, joint_set):
+        model = build(cfg, joint_set)
+
+        def record(module, inputs):
+            if module.training:   # (the evaluation makes its own NHWC crops)
+                seen.append((inputs[0].is_contiguous(memory_format=torch.channels_last),
+                             module.conv1.weight.is_contiguous(memory_format=torch.channels_last)))
+        model.register_forward_pre_hook(record)
+        return model
+
+    build = sup.build_model
+    monkeypatch.setattr(sup, "build_model", recording_model)
+    assert supervised_main(supervised_args(synthetic_root, tmp_path, "--epochs", "1", flag)) == 0
+    assert seen and set(seen) == {(nhwc, nhwc)}

@@ -112,7 +112,8 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
         log.info("ImageNet backbone from %s: %d tensors loaded, %d not in the checkpoint, %d of its tensors "
                  "skipped (not in the pose backbone)", imagenet, len(report["loaded"]), len(report["missing"]),
                  len(report["skipped"]))
-    model.to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     iters_per_epoch = epoch_length(len(records), batch_size, distributed.world_size())
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.TRAIN.LR, weight_decay=cfg.TRAIN.WD)
     schedule = partial(multistep, iters_per_epoch=iters_per_epoch, milestones=cfg.TRAIN.LR_STEP,
@@ -158,10 +159,11 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
                 batch = interrupt.next(lambda: next_batch(loader))
                 if batch is None:       # a signal came during the last iteration
                     break
-                x = normalize_images(batch["ori"].to(device, non_blocking=True))
+                x = normalize_images(batch["ori"].to(device, non_blocking=True)).contiguous(memory_format=memory_format)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     out = model(x)
-                loss = weighted_heatmap_mse(out, batch["target"].to(device), batch["target_weight"].to(device), weights)
+                target = batch["target"].to(device, non_blocking=True)                 # (B, J, H, W)
+                loss = weighted_heatmap_mse(out, target, batch["target_weight"].to(device, non_blocking=True), weights)
                 net.update(loss)
                 total += loss.detach()
                 state.iteration += 1

@@ -106,8 +106,6 @@ def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
     a("--batch-size", type=POSITIVE, default=d.batch_size, help="labeled batch size B")
     a("--mu", type=NON_NEGATIVE, default=1,
       help="unlabeled batch = B * mu (0: labeled-only ablation, no pseudo labels)")
-    a("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-      help="NHWC activations (faster convolutions on CUDA and on the CPU)")
     compiling = p.add_mutually_exclusive_group()
     compiling.add_argument("--compile", action="store_true",
                            help="torch.compile both networks (opt-in; minutes of compiling first)")
