@@ -12,13 +12,11 @@ from typing import Callable, IO
 def why_unwritable(folder: str | os.PathLike) -> str | None:
     """Why files cannot be written in ``folder`` (made first if need be), or None where they can: the
     nearest part of the path that exists decides, so nothing is made to find out."""
-    for path in (Path(folder), *Path(folder).absolute().parents):
-        if path.exists():
-            if not path.is_dir():
-                return f"{path} is a file, not a folder"
-            if not os.access(path, os.W_OK | os.X_OK):
-                return f"cannot write in {path} (permission denied)"
-            return None
+    existing = next(path for path in (Path(folder), *Path(folder).absolute().parents) if path.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write in {existing} (permission denied)"
     return None
 
 
