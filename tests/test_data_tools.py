@@ -454,7 +454,7 @@ def test_split_of_a_file_in_another_joint_order_is_in_the_order_training_reads(t
     split hides the joints it names (given in the file's own spellings) once training has read it."""
     ann = SHARED / "mmpose_samples" / "animalpose" / "test_animalpose.json"
     with tool_error(capsys, r"joint set animalpose in another order \(and of animalpose_mmpose in "
-                                         r"this one\).*give --joints"):
+                            r"this one\).*give --joints"):
         split(tmp_path, ann, "--family", "front=L_F_Elbow,R_F_Elbow", "--shared", "0")
     out, _ = split(tmp_path, ann, "--joints", "animalpose", "--family", "front=L_F_Elbow,R_F_Elbow",
                    "--shared", "L_Eye")
@@ -488,7 +488,7 @@ def test_missing_joints_errors_are_one_line(tmp_path, capsys):
     # FreeNet's AnimalPose order is animalpose's and not animalpose_mmpose's: which one training reads
     # it with is the config's choice, so the split needs --joints
     with tool_error(capsys, r"joint set animalpose_mmpose in another order \(and of animalpose in "
-                                         r"this one\).*give --joints"):
+                            r"this one\).*give --joints"):
         split(tmp_path, ANN / "animal_pose_val.json", "--family", "front=L_F_hip")
 
 
@@ -753,9 +753,9 @@ def test_every_tool_ends_a_user_error_with_exit_code_2(tmp_path, capsys):
     """The scripts' convention (README: exit codes): 2 and one line for an input the user can fix;
     check_annotations.py's 1 means problems found in a file it could read."""
     missing = str(tmp_path / "missing.json")
-    with tool_error(capsys, f"^draw_annotations.py: .*{missing}"):
+    with tool_error(capsys, f"^draw_annotations.py: .*{re.escape(missing)}"):
         draw_annotations.main([missing, "--images", str(tmp_path), "--out", str(tmp_path / "sheet.png")])
-    with tool_error(capsys, f"^make_splits.py ratio: .*{missing}"):
+    with tool_error(capsys, f"^make_splits.py ratio: .*{re.escape(missing)}"):
         make_splits.main(["ratio", "--ann", missing, "--ratio", "0.1", "--out-prefix", str(tmp_path / "p")])
     assert check_annotations.main([missing, "--joints", "no_such_set"]) == 2
     assert "check_annotations.py: --joints: " in capsys.readouterr().err
