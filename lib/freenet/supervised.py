@@ -163,7 +163,8 @@ def train_supervised(args, notes: list[str] = ()) -> dict:
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     out = model(x)
                 target = batch["target"].to(device, non_blocking=True)                 # (B, J, H, W)
-                loss = weighted_heatmap_mse(out, target, batch["target_weight"].to(device, non_blocking=True), weights)
+                mask = batch["target_weight"].to(device, non_blocking=True)            # (B, J)
+                loss = weighted_heatmap_mse(out, target, mask, weights)
                 net.update(loss)
                 total += loss.detach()
                 state.iteration += 1
