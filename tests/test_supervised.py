@@ -48,6 +48,11 @@ def test_supervised_weights_initialise_the_freenet_teacher(synthetic_root, tmp_p
     assert training_record(checkpoint).input_size == 64
     assert load_pose_model(run_dir / "checkpoint.pth", checkpoint=checkpoint)[1].name == "ap10k"
     # and the FreeNet script picks it up by its default name for --level 0 as the teacher (SPEC §10).
+    # The student's init file is a backbone without the pose head, as ImageNet weights are.
+    torch.manual_seed(5)
+    backbone = {k: v for k, v in PoseHighResolutionNet(17, width=8).state_dict().items()
+                if not k.startswith("final_layer.")}
+    torch.save(backbone, weights / "pretrained_ori.pth")
     # One step: the warm-up's LR multiplier is 0 at step 0 (§8), so AdamW leaves every parameter as it is.
     code = run("train_split_ap10k", ["--level", "0", "--data-root", str(synthetic_root),
                                      "--output-dir", str(tmp_path / "fn"), "--pretrained-model-path", str(weights),
@@ -58,7 +63,13 @@ def test_supervised_weights_initialise_the_freenet_teacher(synthetic_root, tmp_p
     freenet = torch.load(run_dir / "checkpoint.pth", weights_only=False)
     parameters = [name for name, _ in model.named_parameters()]
     assert all(torch.equal(freenet["teacher_model"][n], best[n]) for n in parameters)
-    assert not torch.equal(freenet["student_model"]["final_layer.weight"], best["final_layer.weight"])
+    student = freenet["student_model"]
+    assert all(torch.equal(student[n], backbone[n]) for n in parameters if n in backbone)
+    # The head the file lacks keeps PyTorch's default init, as in the original code (which never applies the
+    # pose init): uniform within 1/sqrt(fan_in) = 1/sqrt(8), std 0.204; the pose init's std is 0.001.
+    head = student["final_layer.weight"]
+    assert head.abs().max() <= 8 ** -0.5 and 0.15 < head.std() < 0.26
+    assert student["final_layer.bias"].abs().max() <= 8 ** -0.5 and student["final_layer.bias"].std() > 0.1
     # best-oks.pth (§9) is the student's state_dict, not the teacher's
     best_oks = torch.load(run_dir / "best-oks.pth", weights_only=True)
     assert best_oks.keys() == freenet["student_model"].keys()

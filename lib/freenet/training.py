@@ -151,8 +151,8 @@ def load_student_init(model: torch.nn.Module, path: Path, required: bool = False
              result.missing_keys[:2], len(result.unexpected_keys), result.unexpected_keys[:2])
 
 
-def build_model(cfg, joint_set: JointSet) -> PoseHighResolutionNet:
-    return PoseHighResolutionNet(num_joints=joint_set.num_joints, width=cfg.MODEL.WIDTH)
+def build_model(cfg, joint_set: JointSet, pose_init: bool = True) -> PoseHighResolutionNet:
+    return PoseHighResolutionNet(num_joints=joint_set.num_joints, width=cfg.MODEL.WIDTH, pose_init=pose_init)
 
 
 def augment_config(cfg) -> AugmentConfig:
@@ -212,7 +212,9 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
     evaluate = build_evaluator(cfg, joint_set, device) if distributed.is_main() else None  # rank 0 evaluates
 
     torch.manual_seed(cfg.SEED)
-    teacher_net, student_net = build_model(cfg, joint_set), build_model(cfg, joint_set)
+    # the student keeps PyTorch's default init where --student-weights has no tensor (the head, with
+    # ImageNet weights), as in the original, which never applies HRNet's pose init to its networks
+    teacher_net, student_net = build_model(cfg, joint_set), build_model(cfg, joint_set, pose_init=False)
     weights_dir = Path(args.pretrained_model_path)
     if not args.resume:
         if teacher_name:

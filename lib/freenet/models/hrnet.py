@@ -182,11 +182,12 @@ class PoseHighResolutionNet(nn.Module):
     """HRNet-W{width} pose network: (B, 3, H, W) -> (B, num_joints, H/4, W/4) (SPEC §13).
 
     The stem (64) and layer1 (256) widths are the same for every ``width``, as in the official
-    W18/W32/W48 models. Weights are initialised like the official pose code; seed with
-    ``torch.manual_seed`` before construction for reproducibility.
+    W18/W32/W48 models. Weights are initialised like the official pose code (:meth:`init_weights`),
+    or with ``pose_init=False`` left at PyTorch's default init, as the FreeNet authors' code builds its
+    networks; seed with ``torch.manual_seed`` before construction for reproducibility.
     """
 
-    def __init__(self, num_joints: int = 17, width: int = 32):
+    def __init__(self, num_joints: int = 17, width: int = 32, pose_init: bool = True):
         super().__init__()
         self.num_joints = num_joints
         self.width = width
@@ -211,7 +212,8 @@ class PoseHighResolutionNet(nn.Module):
         self.stage4 = _stage(c4, num_modules=3, multi_scale_output=False)
 
         self.final_layer = nn.Conv2d(width, num_joints, 1)
-        self.init_weights()
+        if pose_init:
+            self.init_weights()
         self.find_batch_norms()
 
     def find_batch_norms(self) -> None:
