@@ -44,9 +44,10 @@ def changed(before, model):
 L, U = batch(2, 1), batch(4, 2, with_target=False)
 
 
-@pytest.mark.parametrize("clip, expected", [(0.5, [-0.3, -0.4]), (1e9, [-3.0, -4.0])])
+@pytest.mark.parametrize("clip, expected", [(0.5, [-0.3, -0.4]), (1e9, [-3.0, -4.0]), (0, [-3.0, -4.0])])
 def test_descend_clips_the_gradient_norm(clip, expected):
-    """loss = 3 w0 + 4 w1: gradient (3, 4), norm 5; SGD with lr 1 moves w by minus the (clipped) gradient."""
+    """loss = 3 w0 + 4 w1: gradient (3, 4), norm 5; SGD with lr 1 moves w by minus the (clipped) gradient;
+    --grad-clip 0 clips nothing, as in the original."""
     model = torch.nn.Linear(2, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
     net = make_optimized(model, 1.0, 0.0, warmup_steps=0, total_steps=10, wait_steps=0, grad_clip=clip, device=CPU,

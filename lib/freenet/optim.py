@@ -34,9 +34,10 @@ class OptimizedModel:
         """
         self.scaler.scale(loss).backward()
         distributed.average_gradients(self.model)
-        self.scaler.unscale_(self.optimizer)
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, self.grad_clip, foreach=True)
+        if self.grad_clip > 0:    # 0: no clipping, as the original's --grad-clip 0
+            self.scaler.unscale_(self.optimizer)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip, foreach=True)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -102,7 +102,8 @@ def build_parser(d: ScriptDefaults) -> argparse.ArgumentParser:
     a("--teacher_lr", type=real(0), default=1e-5, help="AdamW learning rate of the teacher (base network)")
     a("--student_lr", type=real(0), default=1e-3, help="AdamW learning rate of the student (adaptation network)")
     a("--wd", "--weight-decay", dest="weight_decay", type=real(0), default=1e-4, help="AdamW weight decay")
-    a("--grad-clip", type=real(0, low_open=True), default=1e9, help="gradient-norm clip of both networks")
+    a("--grad-clip", type=real(0), default=1e9,
+      help="gradient-norm clip of both networks (0: none, as in the original)")
     a("--batch-size", type=POSITIVE, default=d.batch_size, help="labeled batch size B")
     a("--mu", type=NON_NEGATIVE, default=1,
       help="unlabeled batch = B * mu (0: labeled-only ablation, no pseudo labels)")
