@@ -39,7 +39,11 @@ def test_quick_demo_report(tmp_path):
     assert again["num_instances"] == row["num_instances"] > 0
     # ... and the table shows those numbers
     md = (report / "report.md").read_text()
-    assert f"| FreeNet student | {row['AP']:.3f} | {row['AP50']:.3f} | {row['AR']:.3f} | {row['PCK']:.3f} |" in md
+    parts = " | ".join(f"{row['PCK_parts'][p]:.3f}" for p in ("face", "front", "back", "shared", "exclusive"))
+    assert "| PCK face | PCK front | PCK back | PCK shared | PCK exclusive |" in md
+    assert (f"| FreeNet student | {row['AP']:.3f} | {row['AP50']:.3f} | {row['AR']:.3f} | {row['PCK']:.3f} | "
+            f"{parts} |") in md
+    assert again["PCK_parts"] == pytest.approx(row["PCK_parts"], abs=1e-12)
     assert "student LR 0.001" in md and "(the paper's student LR, though" in md     # the quick plan's LR is the paper's
     # the run folders are real training runs through the public scripts' code paths
     freenet_run = summary["runs"]["freenet"]

@@ -31,7 +31,7 @@ from freenet.errors import EvaluationError
 from freenet.evaluation import (METRIC_KEYS, EvalSettings, Evaluator, box_centre_scale, coco_keypoint_metrics,
                                 crop_matrices, decode_heatmaps, eval_records, flip_back, format_metrics_table,
                                 gt_heatmap_peaks, heatmap_to_image, instance_scores, keypoint_oks, oks_nms, pck,
-                                pck_summary, val_data, warp_crop)
+                                pck_parts, pck_summary, val_data, warp_crop)
 from freenet.heatmaps import encode_keypoints, render_gaussians
 from freenet.joints import JointSetError, load_joint_set
 from freenet.models import PoseHighResolutionNet
@@ -201,16 +201,33 @@ def test_gt_heatmap_peaks_centre_the_crop_at_input_size_over_2():
     assert peaks[0, 0].tolist() == [33, 32] and valid[0].tolist() == [True]
 
 
-def test_pck_summary_means_over_whole_part_groups():
-    """PCK_parts average every joint of each AP-10K group (face 0-2, front 5-10, back 4 + 11-16, exclusive 3)."""
-    summary = pck_summary(np.arange(17) / 16, load_joint_set("ap10k"))
-    assert summary["PCK"] == pytest.approx(0.5)                       # mean of 0..16 is 8
+def test_pck_parts_are_the_original_group_pck_joints():
+    """§11.8: head (face), front, back over the shared joints, then shared and exclusive; union-21's are
+    the lists of the original code's group PCK, union-24's follow from TigDog lacking the nose and 17-20."""
+    front, back = (5, 6, 7, 8, 9, 10), (4, 11, 12, 13, 14, 15, 16)
+    assert pck_parts(load_joint_set("ap10k")) == {
+        "face": (0, 1, 2), "front": front, "back": back, "shared": tuple(range(17)), "exclusive": ()}
+    assert pck_parts(load_joint_set("union21")) == {
+        "face": (0, 1, 2), "front": front, "back": back, "shared": (0, 1, 2, *range(4, 17)),
+        "exclusive": (3, 17, 18, 19, 20)}
+    assert pck_parts(load_joint_set("union24")) == {
+        "face": (0, 1), "front": front, "back": back, "shared": (0, 1, *range(4, 17)),
+        "exclusive": (2, 3, *range(17, 24))}
+
+
+def test_pck_summary_pools_each_part_over_its_joints():
+    """PCK is the mean over joints with GT; a part's PCK pools its (instance, joint) pairs (§11.8)."""
+    counts = np.arange(1, 18)                  # joint j has j + 1 GT joints
+    counts[2] = 0                              # ... but the nose none
+    per_joint = np.arange(17) / 16
+    per_joint[2] = np.nan
+    summary = pck_summary(per_joint, counts, load_joint_set("ap10k"))
+    assert summary["PCK"] == pytest.approx((np.arange(17).sum() - 2) / 16 / 16)
     parts = summary["PCK_parts"]
-    assert parts["face"] == pytest.approx(1 / 16)                     # (0 + 1 + 2) / 3
-    assert parts["front"] == pytest.approx(7.5 / 16)                  # (5 + ... + 10) / 6
-    assert parts["back"] == pytest.approx(85 / 112)                   # (4 + 11 + ... + 16) / 7 / 16
-    assert parts["exclusive"] == pytest.approx(3 / 16)
-    assert summary["PCK_joints"][16] == 1.0
+    assert parts["face"] == pytest.approx((0 * 1 + 1 / 16 * 2) / 3)        # not the joints' mean 1/32
+    assert parts["front"] == pytest.approx(sum(j / 16 * (j + 1) for j in range(5, 11)) / sum(range(6, 12)))
+    assert parts["exclusive"] is None                                       # AP-10K alone: all joints shared
+    assert summary["PCK_joints"][16] == 1.0 and summary["PCK_joints"][2] is None
 
 
 def test_empty_and_scoreless_results_give_zero_metrics():
@@ -612,7 +629,7 @@ def test_evaluator_restores_the_model_mode_and_real_images_decode(tmp_path):
     metrics = evaluator(model, "cpu")
     assert model.training
     assert set(METRIC_KEYS) <= set(metrics) and len(metrics["PCK_joints"]) == 17
-    assert set(metrics["PCK_parts"]) == {"face", "front", "back", "exclusive"}
+    assert set(metrics["PCK_parts"]) == {"face", "front", "back", "shared", "exclusive"}
     crops = evaluator._crops
     assert crops.shape == (2, 3, 64, 64) and crops.dtype == torch.uint8 and crops.float().std() > 10
     table = format_metrics_table(metrics, load_joint_set("ap10k"))

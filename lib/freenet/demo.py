@@ -33,7 +33,7 @@ from freenet.data.dataset import read_image
 from freenet.data.synthetic import generate
 from freenet.data.coco import load_coco_json
 from freenet.device import resolve_device
-from freenet.evaluation import Evaluator
+from freenet.evaluation import Evaluator, pck_parts
 from freenet.inference import draw_pose, predict
 from freenet.joints import load_joint_set
 from freenet.models import PoseHighResolutionNet
@@ -277,12 +277,13 @@ def draw_curves(base_run: Path, freenet_run: Path, ablation_run: Path, report_di
 
 
 def markdown_table(summary: dict, joint_set) -> str:
-    parts = [g.name for g in joint_set.part_groups]
+    parts = list(pck_parts(joint_set))
     head = "| model | AP | AP50 | AR | PCK | " + " | ".join(f"PCK {p}" for p in parts) + " |"
     rows = [head, "|" + "---|" * (5 + len(parts))]
     for m in summary["models"].values():
+        part_pck = [m["PCK_parts"].get(p) for p in parts]
         cells = [m["title"], *(f"{m[k]:.3f}" for k in ("AP", "AP50", "AR", "PCK")),
-                 *(f"{m['PCK_parts'].get(p, float('nan')):.3f}" for p in parts)]
+                 *("-" if v is None else f"{v:.3f}" for v in part_pck)]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

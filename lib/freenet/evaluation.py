@@ -461,17 +461,35 @@ def pck(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, heatmap_size: int,
         return np.where(counts > 0, hits / counts, np.nan), counts
 
 
-def pck_summary(per_joint: np.ndarray, joint_set: JointSet) -> dict:
-    """PCK (mean over joints with GT), PCK_joints (list, None = no GT), PCK_parts {part: mean} (§11.8)."""
-    def mean(values):
-        values = values[~np.isnan(values)]
-        return float(values.mean()) if len(values) else None
+def pck_parts(joint_set: JointSet) -> dict[str, tuple[int, ...]]:
+    """The joints of each PCK part (SPEC §11.8), as the original code's group PCK defines them: each
+    body-part group of §2.5 but the exclusive one (face = the paper's "head", front, back) limited to
+    the shared joints, then "shared" and "exclusive" (joints some source dataset lacks). A single
+    dataset's joints are all shared: AP-10K's exclusive part is empty and its neck is only "shared".
+    """
+    shared = joint_set.shared_joints
+    parts = {g.name: tuple(j for j in g.joints if j in shared)
+             for g in joint_set.part_groups if g.name != "exclusive"}
+    parts["shared"] = shared
+    parts["exclusive"] = tuple(j for j in range(joint_set.num_joints) if j not in shared)
+    return parts
 
-    overall = mean(per_joint)
+
+def pck_summary(per_joint: np.ndarray, counts: np.ndarray, joint_set: JointSet) -> dict:
+    """PCK (mean over joints with GT), PCK_joints (list, None = no GT), and PCK_parts {part: PCK}
+    pooled over the part's (instance, joint) pairs as the original's group PCK is (§11.8; None
+    where a part has no GT joint). ``per_joint``, ``counts``: the (J,) arrays of :func:`pck`."""
+    known = per_joint[~np.isnan(per_joint)]
+    hits = np.where(counts > 0, np.nan_to_num(per_joint) * counts, 0.0)
+
+    def pooled(joints):
+        n = counts[list(joints)].sum()
+        return float(hits[list(joints)].sum() / n) if n else None
+
     return {
-        "PCK": overall if overall is not None else 0.0,
+        "PCK": float(known.mean()) if len(known) else 0.0,
         "PCK_joints": [None if np.isnan(v) else float(v) for v in per_joint],
-        "PCK_parts": {g.name: mean(per_joint[list(g.joints)]) for g in joint_set.part_groups},
+        "PCK_parts": {name: pooled(joints) for name, joints in pck_parts(joint_set).items()},
     }
 
 
@@ -724,8 +742,8 @@ class Evaluator:
         the number of instances."""
         metrics = coco_keypoint_metrics(self.coco, results, self.sigmas)
         if argmax is not None:
-            per_joint, _ = pck(argmax, self.gt_peaks, self.gt_valid, self.settings.heatmap_size)
-            metrics.update(pck_summary(per_joint, self.joint_set))
+            per_joint, counts = pck(argmax, self.gt_peaks, self.gt_valid, self.settings.heatmap_size)
+            metrics.update(pck_summary(per_joint, counts, self.joint_set))
         metrics["num_instances"] = len(self.records)
         return metrics
 

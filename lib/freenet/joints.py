@@ -78,6 +78,15 @@ class JointSet:
         return tuple(j for j in range(self.num_joints) if j not in upper)
 
     @property
+    def shared_joints(self) -> tuple[int, ...]:
+        """The joints every source dataset of a union annotates, all joints of a single dataset's
+        set: the paper's "shared" joints; the others are its "exclusive" ones (§11.8)."""
+        shared = set(range(self.num_joints))
+        for smap in self.sources.values():
+            shared &= {u for _, u in smap.pairs}
+        return tuple(sorted(shared))
+
+    @property
     def flip_index(self) -> np.ndarray:
         """Permutation ``p`` with ``flipped[j] = original[p[j]]`` (left/right swap)."""
         perm = np.arange(self.num_joints)
