@@ -215,6 +215,21 @@ def test_pck_parts_are_the_original_group_pck_joints():
         "exclusive": (2, 3, *range(17, 24))}
 
 
+def test_pck_parts_of_a_missing_joint_split_take_its_shared_joints():
+    """TEST.SHARED_JOINTS: level 0 of the AP-10K split shares eyes, nose, neck and tail (§3.3); the parts
+    are then the original's level-0 groups (its front legs and back legs are exclusive)."""
+    cfg = load_config(REPO / "experiments/ap10k/freenet_split.yaml", ["TEST.SHARED_JOINTS", "[0, 1, 2, 3, 4]"])
+    settings = EvalSettings.from_config(cfg)
+    assert settings.shared_joints == (0, 1, 2, 3, 4)
+    assert pck_parts(load_joint_set("ap10k"), settings.shared_joints) == {
+        "face": (0, 1, 2), "front": (), "back": (4,), "shared": (0, 1, 2, 3, 4), "exclusive": tuple(range(5, 17))}
+    summary = pck_summary(np.full(17, 0.5), np.ones(17, dtype=int), load_joint_set("ap10k"), (0, 1, 2, 3, 4))
+    assert summary["PCK_parts"]["front"] is None and summary["PCK_parts"]["exclusive"] == 0.5
+    with pytest.raises(EvaluationError, match=r"TEST.SHARED_JOINTS \[0, 17\]: expected joint indices of 'ap10k' "
+                                              r"\(0 to 16\)"):
+        Evaluator("never-read.json", ".", "ap10k", EvalSettings(shared_joints=(0, 17)))
+
+
 def test_pck_summary_pools_each_part_over_its_joints():
     """PCK is the mean over joints with GT; a part's PCK pools its (instance, joint) pairs (§11.8)."""
     counts = np.arange(1, 18)                  # joint j has j + 1 GT joints

@@ -28,7 +28,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -461,13 +461,15 @@ def pck(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, heatmap_size: int,
         return np.where(counts > 0, hits / counts, np.nan), counts
 
 
-def pck_parts(joint_set: JointSet) -> dict[str, tuple[int, ...]]:
+def pck_parts(joint_set: JointSet, shared: Sequence[int] = ()) -> dict[str, tuple[int, ...]]:
     """The joints of each PCK part (SPEC §11.8), as the original code's group PCK defines them: each
     body-part group of §2.5 but the exclusive one (face = the paper's "head", front, back) limited to
-    the shared joints, then "shared" and "exclusive" (joints some source dataset lacks). A single
-    dataset's joints are all shared: AP-10K's exclusive part is empty and its neck is only "shared".
+    the shared joints, then "shared" and "exclusive" (the others). The shared joints are ``shared``,
+    else those every source dataset annotates (:attr:`JointSet.shared_joints`): a single dataset's
+    are all shared, so AP-10K's exclusive part is empty and its neck is only "shared"; a missing-joint
+    split's are its shared joints (level 0: 0-4), as the original's ``level`` argument chose them.
     """
-    shared = joint_set.shared_joints
+    shared = tuple(sorted(set(shared))) or joint_set.shared_joints
     parts = {g.name: tuple(j for j in g.joints if j in shared)
              for g in joint_set.part_groups if g.name != "exclusive"}
     parts["shared"] = shared
@@ -475,10 +477,11 @@ def pck_parts(joint_set: JointSet) -> dict[str, tuple[int, ...]]:
     return parts
 
 
-def pck_summary(per_joint: np.ndarray, counts: np.ndarray, joint_set: JointSet) -> dict:
+def pck_summary(per_joint: np.ndarray, counts: np.ndarray, joint_set: JointSet, shared: Sequence[int] = ()) -> dict:
     """PCK (mean over joints with GT), PCK_joints (list, None = no GT), and PCK_parts {part: PCK}
     pooled over the part's (instance, joint) pairs as the original's group PCK is (§11.8; None
-    where a part has no GT joint). ``per_joint``, ``counts``: the (J,) arrays of :func:`pck`."""
+    where a part has no GT joint; ``shared`` as in :func:`pck_parts`). ``per_joint``, ``counts``:
+    the (J,) arrays of :func:`pck`."""
     known = per_joint[~np.isnan(per_joint)]
     hits = np.where(counts > 0, np.nan_to_num(per_joint) * counts, 0.0)
 
@@ -489,7 +492,7 @@ def pck_summary(per_joint: np.ndarray, counts: np.ndarray, joint_set: JointSet) 
     return {
         "PCK": float(known.mean()) if len(known) else 0.0,
         "PCK_joints": [None if np.isnan(v) else float(v) for v in per_joint],
-        "PCK_parts": {name: pooled(joints) for name, joints in pck_parts(joint_set).items()},
+        "PCK_parts": {name: pooled(joints) for name, joints in pck_parts(joint_set, shared).items()},
     }
 
 
@@ -544,6 +547,7 @@ class EvalSettings:
     in_vis_thre: float = 0.2       # TEST.IN_VIS_THRE
     oks_thre: float = 0.9          # TEST.OKS_THRE
     protocol: str = "standard"     # TEST.PROTOCOL
+    shared_joints: tuple[int, ...] = ()  # TEST.SHARED_JOINTS (() = the joint set's, §11.8)
     batch_size: int = 32           # TEST.BATCH_SIZE_PER_GPU
     workers: int = 0               # WORKERS
     cache_bytes: int = 1_500_000_000  # keep the uint8 crops in memory when they fit in this
@@ -561,6 +565,7 @@ class EvalSettings:
                    flip_test=bool(cfg.TEST.FLIP_TEST), shift_heatmap=bool(cfg.TEST.SHIFT_HEATMAP),
                    post_process=bool(cfg.TEST.POST_PROCESS), in_vis_thre=float(cfg.TEST.IN_VIS_THRE),
                    oks_thre=float(cfg.TEST.OKS_THRE), protocol=protocol or cfg.TEST.PROTOCOL,
+                   shared_joints=tuple(cfg.TEST.SHARED_JOINTS),
                    batch_size=int(cfg.TEST.BATCH_SIZE_PER_GPU), workers=int(cfg.WORKERS))
 
 
@@ -596,6 +601,10 @@ class Evaluator:
                  check_images: bool = True):
         self.joint_set = load_joint_set(joint_set) if isinstance(joint_set, (str, os.PathLike)) else joint_set
         self.settings = settings
+        n = self.joint_set.num_joints
+        if not all(isinstance(j, int) and 0 <= j < n for j in settings.shared_joints):
+            raise EvaluationError(f"TEST.SHARED_JOINTS {list(settings.shared_joints)}: expected joint indices of "
+                                  f"'{self.joint_set.name}' (0 to {n - 1})")
         self.ann_file = str(ann_file)
         data = in_joint_set_order(ann_file, load_coco_json(ann_file), self.joint_set)
         self.records = eval_records(ann_file, image_dir, self.joint_set, fallback_roots, data=data)
@@ -743,7 +752,7 @@ class Evaluator:
         metrics = coco_keypoint_metrics(self.coco, results, self.sigmas)
         if argmax is not None:
             per_joint, counts = pck(argmax, self.gt_peaks, self.gt_valid, self.settings.heatmap_size)
-            metrics.update(pck_summary(per_joint, counts, self.joint_set))
+            metrics.update(pck_summary(per_joint, counts, self.joint_set, self.settings.shared_joints))
         metrics["num_instances"] = len(self.records)
         return metrics
 
