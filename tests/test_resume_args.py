@@ -197,6 +197,22 @@ def test_a_split_yaml_without_level_asks_for_it():
     assert level_1.DATASET.SPLIT_FILE.endswith("level_1.json")
 
 
+@pytest.mark.parametrize("script, argv, shared", [
+    ("train_split_ap10k", ["--level", "0"], [0, 1, 2, 3, 4]),               # eyes, nose, neck, tail
+    ("train_split_ap10k", ["--level", "1"], [0, 1, 2, 3, 4, 7, 10, 13, 16]),  # and the paws
+    ("train_split_ap10k", ["--level", "1", "TEST.SHARED_JOINTS", "[3, 4]"], [3, 4]),  # the user's list wins
+    ("train_synthetic_ap10k", [], [3, 4]),                                    # 25 -> 5: neck and tail
+    ("finetune", [], [3, 4]),
+    ("train_ap10k_animalpose", [], []),                                       # [] = the sources' shared joints
+])
+def test_a_split_setting_scores_pck_per_part_over_its_shared_joints(script, argv, shared):
+    """PCK per part (§11.8) of a split setting counts the joints its split shares, as the original's
+    ``level`` argument chose them; a user's TEST.SHARED_JOINTS wins."""
+    from freenet.cli import config_from_args
+
+    assert config_from_args(build_parser(SCRIPTS[script]).parse_args(argv)).TEST.SHARED_JOINTS == shared
+
+
 @pytest.mark.parametrize("flag, value, message", [("--eval-step", "0", "must be at least 1, got 0"),
                                                   ("--down-step", "-3", "must be at least 1, got -3"),
                                                   ("--mu", "-1", "must be at least 0, got -1"),

@@ -17,6 +17,7 @@ import torch
 from freenet import distributed
 from freenet.checkpoint import CheckpointError
 from freenet.config import ConfigError, configured_joint_set, load_config, value_of
+from freenet.data.splits import SPLIT_PRESETS
 from freenet.device import DeviceError, autocast_dtype, configure_backends, resolve_device, usable_cpus
 from freenet.errors import USER_ERROR_EXIT, DataError, EvaluationError, TrainingError
 from freenet.fileio import why_unwritable
@@ -159,9 +160,11 @@ def config_from_args(args):
     level = getattr(args, "level", None)
     if level is None and "{level}" in cfg.DATASET.SPLIT_FILE:
         raise ConfigError(f"{args.cfg}: DATASET.SPLIT_FILE {cfg.DATASET.SPLIT_FILE} needs --level 0 or 1")
-    if level is not None and "{level}" in cfg.DATASET.SPLIT_FILE:
+    if level is not None:
         cfg.defrost()
         cfg.DATASET.SPLIT_FILE = cfg.DATASET.SPLIT_FILE.format(level=level)
+        if not cfg.TEST.SHARED_JOINTS:  # PCK per part counts the split's shared joints (§11.8), as the
+            cfg.TEST.SHARED_JOINTS = list(SPLIT_PRESETS[f"level{level}"]["shared"])  # original's level did
         cfg.freeze()
     return cfg
 

@@ -94,7 +94,8 @@ _C.TEST.IN_VIS_THRE = 0.2         # joints above this count in the instance scor
 _C.TEST.OKS_THRE = 0.9            # OKS-NMS threshold (SPEC §11.5)
 _C.TEST.PROTOCOL = "standard"     # "standard" (aligned sigmas) or "freenet" (paper's AP-10K list)
 _C.TEST.SHARED_JOINTS = []        # "shared" joints of PCK per part (SPEC §11.8); [] = those every source
-                                  # dataset of the joint set annotates (all of a single dataset's)
+                                  # dataset of the joint set annotates (all of a single dataset's);
+                                  # --level sets its split's (freenet.cli.config_from_args)
 _C.TEST.RESULTS_FILE = ""         # score an existing COCO results JSON instead of running a model
 
 
