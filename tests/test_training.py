@@ -225,13 +225,14 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root, t
     assert torch.load(first, weights_only=False)["step"] == 7
 
 
-@pytest.mark.parametrize("where", ["evaluation", "logged"])
+@pytest.mark.parametrize("where, at", [("evaluation", 1), ("logged", 1), ("evaluation", 2)])
 def test_a_run_stopped_inside_an_evaluation_evaluates_that_step_when_resumed(synthetic_root, tmp_path, monkeypatch,
-                                                                             caplog, where):
+                                                                             caplog, where, at):
     """checkpoint.pth is written before each evaluation (SPEC §9); one that did not finish (a second
     Ctrl-C, out of memory, a killed job) runs again on resume, so the logs and best-oks.pth are an
     uninterrupted run's — also when it stopped after logging the evaluation, before best.json said
-    it had finished. The stand-in evaluator scores AP 0.1, 0.9, 0.2 at steps 0, 1, 2."""
+    it had finished, and also inside the last evaluation, when no step is left to train. The
+    stand-in evaluator scores AP 0.1, 0.9, 0.2 at steps 0, 1, 2."""
     import freenet.engine
     import freenet.training
     from freenet.training import run
@@ -258,15 +259,15 @@ def test_a_run_stopped_inside_an_evaluation_evaluates_that_step_when_resumed(syn
     monkeypatch.setattr(freenet.engine, "write_json_atomic", write_json_atomic)
     out = tmp_path / "straight"
     assert run("train_split_ap10k", ["--level", "1", *tiny_args(synthetic_root, out, steps=3, eval_step=1)]) == 0
-    out, crash["at"] = tmp_path / "halves", 1
+    out, crash["at"] = tmp_path / "halves", at
     with pytest.raises(KeyboardInterrupt):
         run("train_split_ap10k", ["--level", "1", *tiny_args(synthetic_root, out, steps=3, eval_step=1)])
     ckpt = only_run_dir(out) / "checkpoint.pth"
-    assert torch.load(ckpt, weights_only=False)["step"] == 1
-    assert json.loads((ckpt.parent / "best.json").read_text())["evaluated_step"] == 0
+    assert torch.load(ckpt, weights_only=False)["step"] == at
+    assert json.loads((ckpt.parent / "best.json").read_text())["evaluated_step"] == at - 1
     with caplog.at_level("WARNING", logger="freenet.engine"):
         assert run("train_split_ap10k", ["--resume", str(ckpt), "--workers", "0"]) == 0
-    assert "the evaluation after step 2 did not finish" in caplog.text
+    assert f"the evaluation after step {at + 1} did not finish" in caplog.text
 
     straight, halves = (only_run_dir(tmp_path / d) for d in ("straight", "halves"))
     for name in ("val_log.txt", "metrics.jsonl", "best.json"):

@@ -260,7 +260,7 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
     if args.resume:
         run_dir = RunDir.of_checkpoint(args.resume)
         state = restore(args.resume, teacher, student)
-        if state.step + 1 >= loop.end():
+        if state.step + 1 >= loop.end() and state.pending_eval is None:  # else the last evaluation is owed
             raise ConfigError(f"{args.resume}: nothing to train: the run has done {state.step + 1} steps and {ends}; "
                               "give a larger --total-steps (or --stop-step) to train on")
         run_dir.write_settings(cfg.dump(), vars(args))   # the next --resume reads this command's flags
