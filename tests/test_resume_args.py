@@ -40,6 +40,22 @@ def test_resume_takes_the_runs_flags_unless_given_again(tmp_path):
     assert notes == []
 
 
+def test_a_flag_given_to_resume_beats_the_runs_override_of_its_key(tmp_path):
+    """A moved data root or another device: ``--data-root`` / ``--device`` given again win over the
+    run's trailing DATASET.ROOT / DEVICE overrides; the run's other overrides stay."""
+    from freenet.cli import config_from_args
+
+    parser = build_parser(SCRIPTS["train_ap10k_animalpose"])
+    run = saved_run(tmp_path, ["DATASET.ROOT", "/old/data", "DEVICE", "cuda", "MODEL.WIDTH", "8"], parser)
+    args, _ = parse_run_args(parser, ["--resume", str(run / "checkpoint.pth"), "--data-root", "/new/data",
+                                      "--device", "cpu"])
+    assert args.opts == ["MODEL.WIDTH", "8"]
+    cfg = config_from_args(args)
+    assert (cfg.DATASET.ROOT, cfg.DEVICE, cfg.MODEL.WIDTH) == ("/new/data", "cpu", 8)
+    args, _ = parse_run_args(parser, ["--resume", str(run / "checkpoint.pth")])
+    assert config_from_args(args).DATASET.ROOT == "/old/data"     # not given again: the run's
+
+
 def test_resume_with_other_settings_warns(tmp_path):
     parser = build_parser(SCRIPTS["train_ap10k_animalpose"])
     run = saved_run(tmp_path, ["--total-steps", "6"], parser)

@@ -316,6 +316,22 @@ def test_a_feedback_ramp_that_ends_before_it_starts_or_a_run_with_no_step_is_ref
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("flags, overrides, ratio", [([], [], "0.1"), (["--sample-ratio", "0.3"], [], "0.3"),
+                                                     ([], ["DATASET.SAMPLE_RATIO", "0.2"], "0.2")])
+def test_the_teacher_file_is_that_of_the_labeled_ratio_trained_with(synthetic_root, tmp_path, capsys, flags, overrides,
+                                                                     ratio):
+    """The default teacher name's {ratio} is the config's labeled fraction, by flag or by override."""
+    from freenet.training import run
+
+    args = tiny_args(synthetic_root, tmp_path, extra=flags)
+    at = args.index("--pretrained-weights-name")
+    del args[at:at + 2]                                               # the script's default name
+    assert run("train_ap10k_animalpose", [*args, *overrides]) == 2
+    missing = tmp_path / "no_weights" / f"ap_10k_animal_pose_mix_SL_{ratio}_hrnet.pth"
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"error: {missing}: base-network (teacher) weights not found")
+
+
 @pytest.mark.parametrize("override, named", [(["MODEL.EXTRA.WIDTH", "8"], "MODEL.EXTRA.WIDTH"),
                                               (["MODEL.WIDTH", "eight"], "MODEL.WIDTH"),
                                               (["MODEL.HEATMAP_SIZE", "[32,32]"], "MODEL.HEATMAP_SIZE")])

@@ -142,13 +142,16 @@ def add_run_args(p: argparse.ArgumentParser, cfg: str, *, needs_level=False, has
     a("opts", nargs=argparse.REMAINDER, help="yacs KEY VALUE overrides, e.g. MODEL.WIDTH 8")
 
 
+# Flags that set a config key, and the key each sets.
+FLAG_KEYS = {"data_root": "DATASET.ROOT", "keypoints_path": "DATASET.JOINTS", "num_joints": "MODEL.NUM_JOINTS",
+             "device": "DEVICE", "sample_ratio": "DATASET.SAMPLE_RATIO", "anns_info_path": "DATASET.SPLIT_FILE",
+             "workers": "WORKERS", "seed": "SEED"}
+
+
 def config_from_args(args):
     """yaml <- flags that name config keys <- trailing KEY VALUE overrides; frozen."""
-    flag_keys = [("data_root", "DATASET.ROOT"), ("keypoints_path", "DATASET.JOINTS"),
-                 ("num_joints", "MODEL.NUM_JOINTS"), ("device", "DEVICE"), ("sample_ratio", "DATASET.SAMPLE_RATIO"),
-                 ("anns_info_path", "DATASET.SPLIT_FILE"), ("workers", "WORKERS"), ("seed", "SEED")]
     opts = []
-    for attr, key in flag_keys:
+    for attr, key in FLAG_KEYS.items():
         value = getattr(args, attr, None)
         if value is not None:
             opts += [key, str(value)]
@@ -189,7 +192,7 @@ def parse_run_args(parser: argparse.ArgumentParser, argv=None,
     """Parse a training command line. With ``--resume RUN/checkpoint.pth`` the run continues with its
     own settings (SPEC §9: a resumed run equals an uninterrupted one): every flag not given again comes
     from ``RUN/args.json``, the config from ``RUN/config.yaml``, and the trailing overrides add to the
-    run's. Returns the arguments and warnings for the log (flags given with other values than the run's).
+    run's (a flag given again, such as ``--data-root``, also beats the run's override of its key). Returns the arguments and warnings for the log (flags given with other values than the run's).
     """
     args = parser.parse_args(argv)
     notes = []
@@ -213,7 +216,11 @@ def parse_run_args(parser: argparse.ArgumentParser, argv=None,
                     merged[dest] = value
                 elif json.dumps(merged[dest], default=str) != json.dumps(value, default=str):
                     notes.append(f"{dest} {merged[dest]} (the run used {value})")
-            merged["opts"] = list(saved.get("opts") or []) + new_opts
+            # the run's overrides, but not of a key a flag given again sets: that flag wins
+            flagged = {FLAG_KEYS[dest] for dest in given if dest in FLAG_KEYS}
+            saved_opts = list(saved.get("opts") or [])
+            merged["opts"] = [x for key, value in zip(saved_opts[::2], saved_opts[1::2]) if key not in flagged
+                              for x in (key, value)] + new_opts
             if "cfg" not in given:
                 saved_cfg = run / "config.yaml"
                 merged["cfg"] = str(saved_cfg) if saved_cfg.is_file() else saved.get("cfg", args.cfg)

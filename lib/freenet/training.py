@@ -198,8 +198,9 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
                           f"{device}, {distributed.world_size()} process(es), compiling: {compiling})")
 
     try:
-        teacher_name = args.pretrained_weights_name.format(level=getattr(args, "level", ""),
-                                                           ratio=getattr(args, "sample_ratio", ""))
+        # the labeled ratio of the config, which a DATASET.SAMPLE_RATIO override may have set
+        ratio = cfg.DATASET.SAMPLE_RATIO if getattr(args, "sample_ratio", None) is not None else ""
+        teacher_name = args.pretrained_weights_name.format(level=getattr(args, "level", ""), ratio=ratio)
     except (KeyError, IndexError, ValueError) as e:
         raise ConfigError(f"--pretrained-weights-name {args.pretrained_weights_name!r}: the only fields are "
                           f"{{level}} and {{ratio}} ({type(e).__name__}: {e})") from None
