@@ -192,7 +192,8 @@ def parse_run_args(parser: argparse.ArgumentParser, argv=None,
     """Parse a training command line. With ``--resume RUN/checkpoint.pth`` the run continues with its
     own settings (SPEC §9: a resumed run equals an uninterrupted one): every flag not given again comes
     from ``RUN/args.json``, the config from ``RUN/config.yaml``, and the trailing overrides add to the
-    run's (a flag given again, such as ``--data-root``, also beats the run's override of its key). Returns the arguments and warnings for the log (flags given with other values than the run's).
+    run's (a flag given again, such as ``--data-root``, also beats the run's override of its key).
+    Returns the arguments and warnings for the log (flags given with other values than the run's).
     """
     args = parser.parse_args(argv)
     notes = []
