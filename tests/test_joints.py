@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freenet.joints import (JointSetError, available_joint_sets, load_joint_set, map_by_name, normalize_name,
-                            parse_joint_set, remap_keypoints)
+from freenet.joints import (JointSetError, available_joint_sets, load_alias_table, load_joint_set, map_by_name,
+                            normalize_name, parse_joint_set, remap_keypoints)
 
 # SPEC §2.4 source -> union maps, [source index, union index]
 ANIMALPOSE_MAP = [[0, 0], [1, 1], [2, 2], [3, 17], [4, 18], [5, 5], [6, 8], [7, 11], [8, 14], [9, 6], [10, 9],
@@ -141,6 +141,20 @@ def test_bad_joint_set_files_name_the_field(tmp_path):
         bad = dict(good, **{field: value})
         with pytest.raises(JointSetError, match=f"bad.json: field '{expect}'"):
             parse_joint_set(bad, "bad.json")
+    overlap = [dict(g) for g in good["part_groups"]]
+    overlap[1]["joints"] = [*overlap[1]["joints"], 0]                 # joint 0 is the face's
+    for field, value, expect in [
+        ("flip_pairs", [[0, 1], [1, 2]], r"'flip_pairs': joint 1 is in \[0, 1\] and in \[1, 2\]"),  # no permutation
+        ("flip_pairs", [[3, 3]], r"'flip_pairs': \[3, 3\] pairs a joint with itself"),
+        ("sigmas", [0.0] + good["sigmas"][1:], "'sigmas': expected numbers > 0, got 0.0"),   # OKS divides by it
+        ("sigmas", [float("nan")] + good["sigmas"][1:], "'sigmas': expected 17 numbers"),
+        ("loss_weights", [-1.0] + good["loss_weights"][1:], "'loss_weights': expected numbers >= 0, got -1.0"),
+        ("part_groups", [dict(good["part_groups"][0], min_ratio="x")],
+         r"'part_groups.face.min_ratio': expected a ratio in \[0, 1\], got 'x'"),
+        ("part_groups", [dict(g, min_ratio=7) for g in good["part_groups"]], "'part_groups.face.min_ratio'"),
+        ("part_groups", overlap, "'part_groups.front.joints': joint 0 is also in group 'face'")]:
+        with pytest.raises(JointSetError, match=f"bad.json: field {expect}"):
+            parse_joint_set(dict(good, **{field: value}), "bad.json")
     misspelt = dict(good, logging_group={"head": [0]})
     with pytest.raises(JointSetError, match="bad.json: field 'logging_group': unknown field"):
         parse_joint_set(misspelt, "bad.json")
@@ -158,6 +172,8 @@ def test_bad_joint_set_files_name_the_field(tmp_path):
     broken.write_text("{not json")
     with pytest.raises(JointSetError, match="broken.json: malformed JSON"):
         load_joint_set(broken)
+    with pytest.raises(JointSetError, match="broken.json: malformed JSON"):
+        load_alias_table(broken)                                      # the joint dictionary, likewise
     with pytest.raises(FileNotFoundError, match="no joint set 'nope'"):
         load_joint_set("nope")
     with pytest.raises(FileNotFoundError, match=r"^\S*gone\.json: joint-set file not found \(or give a bundled "

@@ -1,6 +1,7 @@
 """Errors that name the file and the field (SPEC §3.2): bad data never fails silently."""
 from __future__ import annotations
 
+import math
 import sys
 from typing import NoReturn
 
@@ -41,6 +42,16 @@ def _rebuild(path, full_message, record_id):
     err.path, err.record_id = path, record_id
     ValueError.__init__(err, full_message)
     return err
+
+
+def is_int(value) -> bool:
+    """An integer of a JSON file (``true`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A finite number of a JSON file (not ``true``, ``NaN`` or ``Infinity``)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class EvaluationError(ValueError):

@@ -23,6 +23,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from freenet.errors import is_number
+
 RESOURCES = Path(os.environ.get("FREENET_RESOURCES", Path(__file__).resolve().parents[2] / "resources"))
 JOINTS_DIR = RESOURCES / "joints"
 ALIASES_FILE = JOINTS_DIR / "aliases.json"
@@ -150,10 +152,29 @@ def _no_unknown(path, prefix, data, known):
         raise _err(path, prefix + str(unknown[0]), f"unknown field (the fields here: {', '.join(known)})")
 
 
-def _float_list(path, key, values, n):
-    if not isinstance(values, list) or len(values) != n or not all(isinstance(v, (int, float)) for v in values):
+def _float_list(path, key, values, n, positive=False):
+    """``n`` finite numbers (``positive``: each > 0, else each >= 0)."""
+    if not isinstance(values, list) or len(values) != n or not all(is_number(v) for v in values):
         raise _err(path, key, f"expected {n} numbers (one per joint)")
+    bad = [v for v in values if (v <= 0 if positive else v < 0)]
+    if bad:
+        raise _err(path, key, f"expected numbers {'> 0' if positive else '>= 0'}, got {bad[0]}")
     return tuple(float(v) for v in values)
+
+
+def _flip_pairs(path, values, n):
+    """Left/right pairs: two different joints each, every joint in at most one pair (a permutation)."""
+    pairs = _pairs(path, "flip_pairs", values, n)
+    pair_of = {}
+    for pair in pairs:
+        if pair[0] == pair[1]:
+            raise _err(path, "flip_pairs", f"{list(pair)} pairs a joint with itself")
+        for j in pair:
+            if j in pair_of:
+                raise _err(path, "flip_pairs", f"joint {j} is in {list(pair_of[j])} and in {list(pair)} (each joint "
+                                               f"swaps with one other joint at most)")
+            pair_of[j] = pair
+    return pairs
 
 
 def parse_joint_set(data: dict, path: str = "<dict>") -> JointSet:
@@ -174,12 +195,20 @@ def parse_joint_set(data: dict, path: str = "<dict>") -> JointSet:
     if len(set(names)) != len(names):
         raise _err(path, "joints", "joint names must be unique")
     n = len(names)
-    groups = []
+    groups, group_of = [], {}
     for g in data["part_groups"]:
         if not isinstance(g, dict) or not {"name", "joints", "min_ratio"} <= set(g):
             raise _err(path, "part_groups", "each group needs 'name', 'joints' and 'min_ratio'")
         _no_unknown(path, f"part_groups.{g['name']}.", g, ("name", "joints", "min_ratio"))
-        joints = _index_list(path, "part_groups", g["joints"], n)
+        joints = _index_list(path, f"part_groups.{g['name']}.joints", g["joints"], n)
+        for j in joints:
+            if j in group_of:
+                raise _err(path, f"part_groups.{g['name']}.joints",
+                           f"joint {j} is also in group '{group_of[j]}' (each joint in one group)")
+            group_of[j] = g["name"]
+        if not (is_number(g["min_ratio"]) and 0 <= g["min_ratio"] <= 1):
+            raise _err(path, f"part_groups.{g['name']}.min_ratio",
+                       f"expected a ratio in [0, 1], got {g['min_ratio']!r}")
         groups.append(PartGroup(str(g["name"]), joints, float(g["min_ratio"])))
     sources = {}
     for src, spec in data.get("sources", {}).items():
@@ -192,16 +221,16 @@ def parse_joint_set(data: dict, path: str = "<dict>") -> JointSet:
     js = JointSet(
         name=str(data["name"]),
         joints=tuple(names),
-        flip_pairs=_pairs(path, "flip_pairs", data["flip_pairs"], n),
+        flip_pairs=_flip_pairs(path, data["flip_pairs"], n),
         loss_weights=_float_list(path, "loss_weights", data["loss_weights"], n),
         upper_body=upper,
-        sigmas=_float_list(path, "sigmas", data["sigmas"], n),
+        sigmas=_float_list(path, "sigmas", data["sigmas"], n, positive=True),
         skeleton=_pairs(path, "skeleton", data.get("skeleton", []), n),
         part_groups=tuple(groups),
         logging_groups={k: _index_list(path, f"logging_groups.{k}", v, n)
                         for k, v in data.get("logging_groups", {}).items()},
         sources=sources,
-        sigmas_freenet=(_float_list(path, "sigmas_freenet", data["sigmas_freenet"], n)
+        sigmas_freenet=(_float_list(path, "sigmas_freenet", data["sigmas_freenet"], n, positive=True)
                         if "sigmas_freenet" in data else None),
         description=str(data.get("description", "")),
         path=str(path),
@@ -226,14 +255,17 @@ def joint_set_path(name_or_path: str | os.PathLike) -> Path:
     return bundled
 
 
-@lru_cache(maxsize=None)
-def _load_cached(path: str) -> JointSet:
+def _read_json(path: str):
     try:
         with open(path) as f:
-            data = json.load(f)
+            return json.load(f)
     except json.JSONDecodeError as e:
         raise JointSetError(f"{path}: malformed JSON: {e}") from e
-    return parse_joint_set(data, path)
+
+
+@lru_cache(maxsize=None)
+def _load_cached(path: str) -> JointSet:
+    return parse_joint_set(_read_json(path), path)
 
 
 def load_joint_set(name_or_path: str | os.PathLike) -> JointSet:
@@ -374,8 +406,7 @@ def parse_alias_table(data: dict, path: str = "<dict>") -> AliasTable:
 
 @lru_cache(maxsize=None)
 def _alias_cached(path: str) -> AliasTable:
-    with open(path) as f:
-        return parse_alias_table(json.load(f), path)
+    return parse_alias_table(_read_json(path), path)
 
 
 def load_alias_table(path: str | os.PathLike = ALIASES_FILE) -> AliasTable:

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from freenet.data.coco import file_joint_order, load_coco_json, normalize_source, reorder_joints
-from freenet.errors import DataError
+from freenet.errors import DataError, is_int, is_number
 from freenet.joints import JointSet, load_joint_set
 
 ERROR, WARNING, INFO = "error", "warning", "info"
@@ -228,18 +228,10 @@ def inspect_image(path: Path) -> tuple[str, tuple[int, int] | None]:
 # The check
 # ----------------------------------------------------------------------------------------------
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _is_id(v) -> bool:
     """COCO ids are integers, as training reads them (it sorts, offsets and stores them as ints):
     a string or float id is an error here, as it is when the file loads."""
-    return _is_int(v)
+    return is_int(v)
 
 
 def _joint_list(names: Sequence[str], joints: Iterable[int], values=None) -> str:
@@ -319,7 +311,7 @@ def _check_images(path, entries, add) -> dict:
                       f"{seen_files[img['file_name']]}", img_id, field="file_name"))
         seen_files.setdefault(img["file_name"], img_id)
         w, h = img.get("width"), img.get("height")
-        size = (float(w), float(h)) if _is_number(w) and _is_number(h) and w > 0 and h > 0 else None
+        size = (float(w), float(h)) if is_number(w) and is_number(h) and w > 0 and h > 0 else None
         if size is None:
             add(Issue("image_size_missing", path, f"width {w!r}, height {h!r}", img_id, field="width/height"))
         images[img_id] = _Image(img, size)
@@ -456,7 +448,7 @@ def _check_annotations(path, data, images: dict, categories: dict | None, joint_
         if kps is None:             # no field or null: read as no labeled joint when the file loads
             add(Issue("instance_not_kept", path, "no 'keypoints'" if "keypoints" not in ann else "'keypoints' is null",
                       img_id, ann_id, "keypoints"))
-        elif not isinstance(kps, list) or not all(_is_number(v) for v in kps):
+        elif not isinstance(kps, list) or not all(is_number(v) for v in kps):
             add(Issue("keypoint_values", path, f"expected a list of numbers, got {kps!r:.60}", img_id, ann_id,
                       "keypoints"))
             kps = None
@@ -472,7 +464,7 @@ def _check_annotations(path, data, images: dict, categories: dict | None, joint_
         box = ann.get("bbox")
         if box is None:
             add(Issue("bbox_missing", path, "no 'bbox'", img_id, ann_id, "bbox"))
-        elif not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+        elif not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
             add(Issue("bbox_malformed", path, f"expected [x, y, w, h], got {box!r:.60}", img_id, ann_id, "bbox"))
             box = None
         elif not (box[2] > 0 and box[3] > 0):
@@ -526,7 +518,7 @@ def _check_keypoints(path, anns: list[_Ann], sizes: np.ndarray, names: Sequence[
     at_origin = labeled & ~bad_v & (x == 0) & (y == 0)
     w, h = sizes[:, :1], sizes[:, 1:]                               # (N, 1): NaN when unknown
     outside = labeled & ~at_origin & ((x < 0) | (y < 0) | (x > w) | (y > h))
-    counted = np.asarray([a.num_keypoints if _is_number(a.num_keypoints) else -1 for a in anns])
+    counted = np.asarray([a.num_keypoints if is_number(a.num_keypoints) else -1 for a in anns])
     num_mismatch = (counted >= 0) & (counted != labeled.sum(1))
     for k in np.flatnonzero(bad_v.any(1) | at_origin.any(1) | outside.any(1) | num_mismatch):
         a = anns[k]
@@ -628,7 +620,7 @@ def _statistics(images: dict, categories: dict | None, anns: list[_Ann], visible
         "instances_kept": int(kept.sum()),
         "images_with_kept_instances": len({a.image_id for a, k in zip(anns, kept) if k}),
         "num_joints": default_joints,
-        "categories": sorted(per_category.values(), key=lambda r: (not _is_number(r["id"]), str(r["id"]).zfill(12))),
+        "categories": sorted(per_category.values(), key=lambda r: (not is_number(r["id"]), str(r["id"]).zfill(12))),
         "sources": per_source,
         "joints": {str(n): e for n, e in joints.items()},
     }

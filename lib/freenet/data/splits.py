@@ -28,7 +28,7 @@ import numpy as np
 
 from freenet.data.coco import load_json
 from freenet.data.records import Record
-from freenet.errors import DataError
+from freenet.errors import DataError, is_int, is_number
 from freenet.fileio import write_json_atomic
 from freenet.joints import map_by_name, normalize_name
 
@@ -54,14 +54,6 @@ SPLIT_PRESETS: dict[str, dict] = {
 # Split files
 # ----------------------------------------------------------------------------------------------
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def load_split_file(path: str | os.PathLike, num_joints: int = 17) -> list[dict]:
     """Read and validate a split file (§3.3).
 
@@ -78,12 +70,12 @@ def load_split_file(path: str | os.PathLike, num_joints: int = 17) -> list[dict]
         where = f"entry {i}" + (f" (image id {image_id})" if image_id is not None else "")
         if not isinstance(e, dict) or not {"image_id", "vis", "box"} <= set(e):
             raise DataError(path, f"{where}: expected an object with 'image_id', 'vis' and 'box'", image_id)
-        if not _is_int(image_id):
+        if not is_int(image_id):
             raise DataError(path, f"{where}: 'image_id' must be an integer", image_id)
         vis, box = e["vis"], e["box"]
-        if not (isinstance(vis, list) and len(vis) == num_joints and all(_is_int(v) and 0 <= v <= 2 for v in vis)):
+        if not (isinstance(vis, list) and len(vis) == num_joints and all(is_int(v) and 0 <= v <= 2 for v in vis)):
             raise DataError(path, f"{where}: 'vis' must be {num_joints} integers in {{0, 1, 2}}", image_id)
-        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+        if not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
             raise DataError(path, f"{where}: 'box' must be 4 numbers [x, y, w, h]", image_id)
         entries.append({"image_id": image_id, "vis": list(vis), "box": [float(v) for v in box]})
     return entries
@@ -214,7 +206,7 @@ def load_id_list(path: str | os.PathLike) -> list[int]:
     if not isinstance(data, list):
         raise DataError(path, f"expected a JSON list of ids, got {type(data).__name__}")
     for i, v in enumerate(data):
-        if not _is_int(v):
+        if not is_int(v):
             raise DataError(path, f"entry {i} is not an integer id: {v!r:.40}")
     return list(data)
 
@@ -477,7 +469,7 @@ def load_img_ann_ids(path: str | os.PathLike) -> dict[int, list[int]]:
     for key, anns in data.items():
         if not key.lstrip("-").isdigit():
             raise DataError(path, f"key {key!r:.40} is not an image id")
-        if not (isinstance(anns, list) and all(_is_int(a) for a in anns)):
+        if not (isinstance(anns, list) and all(is_int(a) for a in anns)):
             raise DataError(path, f"image {key}: expected a list of integer annotation ids", int(key))
         out[int(key)] = list(anns)
     return out
