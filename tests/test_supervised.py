@@ -47,6 +47,7 @@ def test_supervised_weights_initialise_the_freenet_teacher(synthetic_root, tmp_p
     checkpoint = load_checkpoint(run_dir / "checkpoint.pth")
     assert training_record(checkpoint).input_size == 64
     assert load_pose_model(run_dir / "checkpoint.pth", checkpoint=checkpoint)[1].name == "ap10k"
+    assert checkpoint["optimizer"]["param_groups"][0]["fused"] is True     # Adam, one kernel (SPEC §12)
     # and the FreeNet script picks it up by its default name for --level 0 as the teacher (SPEC §10).
     # The student's init file is a backbone without the pose head, as ImageNet weights are.
     torch.manual_seed(5)

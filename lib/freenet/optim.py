@@ -17,7 +17,7 @@ class OptimizedModel:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    grad_clip: float = 1e9
+    grad_clip: float = 0.0    # max gradient norm; 0 = no clipping
 
     def update(self, loss: torch.Tensor) -> None:
         """:meth:`descend`, then one LR-schedule step."""
@@ -85,8 +85,12 @@ def make_adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.d
     CUDA the GradScaler hands it the inf flag on the device instead of syncing. The same update
     rule; the rounding differs slightly from the multi-tensor version.
     """
-    implementation = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **implementation)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **adam_implementation(device))
+
+
+def adam_implementation(device: torch.device) -> dict:
+    """The Adam/AdamW implementation flag for ``device``: fused where PyTorch has it (see :func:`make_adamw`)."""
+    return {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
 
 
 def make_optimized(model: nn.Module, lr: float, weight_decay: float, warmup_steps: int, total_steps: int,
