@@ -39,8 +39,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from freenet.data.coco import (DataLayout, in_joint_set_order, keypoint_values, load_coco_json, load_json,
-                               normalize_source, require_id)
+from freenet.data.coco import (DataLayout, image_paths, in_joint_set_order, keypoint_values, load_coco_json,
+                               load_json, require_id)
 from freenet.data.dataset import init_worker, read_image
 from freenet.data.transforms import normalize_images
 from freenet.config import configured_joint_set
@@ -172,7 +172,9 @@ def eval_records(ann_file: str | os.PathLike, image_dir: str | os.PathLike, join
                      dtype=np.float64).reshape(n, 2)
     centres, scales, usable = box_centre_scale(boxes, sizes)
     kps = values[order]
-    paths = _image_paths(anns, images, Path(image_dir), fallback_roots)
+    by_id = image_paths(ann_file, [(a["image_id"], a) for a in anns], images, Path(image_dir),
+                        fallback_roots=fallback_roots)
+    paths = [by_id[a["image_id"]] for a in anns]
     keep = np.flatnonzero(usable)
     return EvalRecords(
         ann_file=ann_file,
@@ -185,26 +187,6 @@ def eval_records(ann_file: str | os.PathLike, image_dir: str | os.PathLike, join
         keypoints=np.ascontiguousarray(kps[keep, :, :2]),
         visibility=np.ascontiguousarray(kps[keep, :, 2]),
     )
-
-
-def _image_paths(anns, images, image_dir: Path, fallback_roots) -> list[str]:
-    """One path per annotation; the file system is only asked when fallback folders exist."""
-    fallback = {normalize_source(k): Path(v) for k, v in (fallback_roots or {}).items()}
-    found: dict = {}
-    paths = []
-    for ann in anns:
-        img_id = ann["image_id"]
-        if img_id not in found:
-            img = images[img_id]
-            name = str(img["file_name"])
-            path = image_dir / name
-            if fallback and not path.is_file():
-                src = normalize_source(ann.get("from") or img.get("from"))
-                roots = ([fallback[src]] if src in fallback else []) + [r for s, r in fallback.items() if s != src]
-                path = next((r / name for r in roots if (r / name).is_file()), path)
-            found[img_id] = str(path)
-        paths.append(found[img_id])
-    return paths
 
 
 # ----------------------------------------------------------------------------------------------

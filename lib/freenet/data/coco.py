@@ -369,8 +369,8 @@ def load_coco_records(ann_file: str | os.PathLike, image_root: str | os.PathLike
     vis = np.ascontiguousarray(values[kept, :, 2])      # (N, J)
     kept_boxes = boxes[kept].astype(np.float32)         # (N, 4)
     pairs = [(rows[i]["image_id"], rows[i]) for i in kept.tolist()]
-    paths = _image_paths(ann_file, pairs, images_by_id, Path(image_root), default_source,
-                         check_images, fallback_roots)
+    paths = image_paths(ann_file, pairs, images_by_id, Path(image_root), default_source,
+                        check_images, fallback_roots)
     records = [
         Record(image_path=paths[img_id], image_id=int(img_id), ann_id=int(ann["id"]),
                category_id=int(ann.get("category_id", 0)), box=kept_boxes[i], keypoints=coords[i],
@@ -391,12 +391,14 @@ def _category_ids(categories) -> set[int] | None:
     return {c["id"] for c in categories if isinstance(c, dict) and isinstance(c.get("id"), int)}
 
 
-def _image_paths(ann_file, kept, images_by_id, image_root: Path, default_source, check_images,
-                 fallback_roots) -> dict[int, str]:
-    """Image path per image id, looked up once per image.
+def image_paths(ann_file, kept, images_by_id, image_root: Path, default_source=None, check_images=False,
+                fallback_roots=None) -> dict[int, str]:
+    """Image path per image id of the ``(image_id, annotation)`` pairs ``kept``, looked up once per
+    image (training and evaluation alike).
 
     The file system is touched only when images are checked or fallback roots must be chosen
-    among; otherwise the path is ``image_root / file_name``.
+    among; otherwise the path is ``image_root / file_name``. A missing image is an error naming
+    ``ann_file`` when ``check_images``, else the primary path is kept.
     """
     fallback = {normalize_source(k): Path(v) for k, v in (fallback_roots or {}).items()}
     listing = _DirListing() if (check_images or fallback) else None
