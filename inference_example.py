@@ -9,7 +9,6 @@ The network width is read off the checkpoint; the joint set and input size are t
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import cv2
 
 from freenet.checkpoint import load_checkpoint
-from freenet.cli import USER_ERRORS, HelpFormatter, Parser, file_path
+from freenet.cli import USER_ERRORS, HelpFormatter, Parser, crop_size, prepare_outputs
 from freenet.data.dataset import read_image
 from freenet.device import resolve_device
 from freenet.errors import USER_ERROR_EXIT, DataError
@@ -25,31 +24,6 @@ from freenet.fileio import write_json_atomic
 from freenet.inference import (RUN_CONFIG, describe_weights, draw_pose, load_pose_model, pose_to_dict, predict,
                                training_record)
 from freenet.plots import save_rgb
-
-
-def crop_size(text: str) -> int:
-    """argparse type of --size: the network halves its input five times, so a positive multiple of 32."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0 or value % 32:
-        raise argparse.ArgumentTypeError(f"must be a positive multiple of 32 (e.g. 64, 256), got {value}")
-    return value
-
-
-def prepare_outputs(picture: str, data: str | None) -> None:
-    """Refuse, before any work, an --out OpenCV cannot encode and an output path no file can be
-    written at (a folder, or a file where its folder would be); the files' folders are made when
-    they are written."""
-    if not cv2.haveImageWriter(picture):
-        raise DataError(picture, "--out needs an image extension OpenCV can write (e.g. .png, .jpg)")
-    for flag, path in (("--out", picture), ("--json", data)):
-        try:
-            if path:
-                file_path(path)
-        except argparse.ArgumentTypeError as e:
-            raise DataError(path, f"{flag}: {e}") from None
 
 
 def main(argv=None) -> int:

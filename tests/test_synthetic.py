@@ -144,15 +144,15 @@ def test_one_animal_in_three_formats_maps_back_to_the_same_union_joints(tmp_path
     assert 0 < (vis > 0).sum() < 24  # some joints hidden, so visibility handling is exercised
     # SPEC §2.2 by hand: AnimalPose joint 5 (left_front_elbow) is union L_F_hip (5), joint 9 (left_front_knee)
     # is union L_F_knee (6); SPEC §2.3: TigDog joint 2 (chin) is union 21, joint 12 (L_shoulder) union 22.
-    ap = np.asarray(syn.encode_keypoints(kps, np.full(24, 2), "animalpose")).reshape(-1, 3)
-    td = np.asarray(syn.encode_keypoints(kps, np.full(24, 2), "tigdog")).reshape(-1, 3)
+    ap = np.asarray(syn.coco_keypoints(kps, np.full(24, 2), "animalpose")).reshape(-1, 3)
+    td = np.asarray(syn.coco_keypoints(kps, np.full(24, 2), "tigdog")).reshape(-1, 3)
     np.testing.assert_allclose(ap[[5, 9], :2], kps[[5, 6]], atol=0.006)
     np.testing.assert_allclose(td[[2, 12], :2], kps[[21, 22]], atol=0.006)
 
     for source, joint_set in (("ap10k", "ap10k"), ("animalpose", "animalpose"), ("tigdog", "tigdog")):
         coco = {"images": [{"id": 1, "file_name": "x.jpg", "width": 128, "height": 128}],
                 "annotations": [{"id": 1, "image_id": 1, "category_id": 2, "bbox": box.tolist(),
-                                 "keypoints": syn.encode_keypoints(kps, vis, joint_set)}],
+                                 "keypoints": syn.coco_keypoints(kps, vis, joint_set)}],
                 "categories": [syn._category(syn.get_species("dog"), joint_set)]}
         path = tmp_path / f"{source}.json"
         path.write_text(json.dumps(coco))

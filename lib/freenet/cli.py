@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import cv2
 import torch
 
 from freenet import distributed
@@ -80,6 +81,31 @@ def file_path(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text} is a folder: give a file name in it")
     folder_path(str(Path(text).parent))
     return text
+
+
+def crop_size(text: str) -> int:
+    """argparse type of --size: the network halves its input five times, so a positive multiple of 32."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0 or value % 32:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 32 (e.g. 64, 256), got {value}")
+    return value
+
+
+def prepare_outputs(picture: str, data: str | None) -> None:
+    """Refuse, before any work, an --out OpenCV cannot encode and an output path no file can be
+    written at (a folder, or a file where its folder would be); the files' folders are made when
+    they are written."""
+    if not cv2.haveImageWriter(picture):
+        raise DataError(picture, "--out needs an image extension OpenCV can write (e.g. .png, .jpg)")
+    for flag, path in (("--out", picture), ("--json", data)):
+        try:
+            if path:
+                file_path(path)
+        except argparse.ArgumentTypeError as e:
+            raise DataError(path, f"{flag}: {e}") from None
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from freenet import supervised, training
-from freenet.checkpoint import extract_state_dict, load_checkpoint
+from freenet.checkpoint import load_model_weights
 from freenet.cli import NON_NEGATIVE, Parser, run_main
 from freenet.config import ConfigError, load_config
 from freenet.data.dataset import read_image
@@ -172,8 +172,7 @@ def run_demo(plan: DemoPlan, out: Path, device: str = "auto", seed: int = 0) -> 
     cfg = load_config(UNION_CFG, ["DATASET.ROOT", str(root), "WORKERS", str(plan.workers), *tiny_model_opts(plan)])
     joint_set = load_joint_set("union24")
     evaluator = Evaluator.from_config(cfg, joint_set)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     models = {
         "base": ("Base network (supervised, labeled records)", weights / base_weights_name(plan), ""),
         "labeled_only": ("Labeled only (--mu 0), student schedule", Path(ablation["run_dir"]) / "checkpoint.pth",
@@ -210,9 +209,8 @@ def _json_default(value):
 
 
 def load_net(path: Path, key: str, num_joints: int, width: int, device: torch.device) -> PoseHighResolutionNet:
-    state, _ = extract_state_dict(load_checkpoint(path), key, str(path))
     net = PoseHighResolutionNet(num_joints, width)
-    net.load_state_dict(state)
+    load_model_weights(net, path, key)
     return net.to(device).eval()
 
 

@@ -711,7 +711,7 @@ def source_to_union_index(joint_set: str) -> np.ndarray:
     return np.array([union.joints.index(n) for n in names], np.int64)
 
 
-def encode_keypoints(keypoints24: np.ndarray, visibility24: np.ndarray, joint_set: str,
+def coco_keypoints(keypoints24: np.ndarray, visibility24: np.ndarray, joint_set: str,
                      visible_code: int | None = None) -> list:
     """Union-24 joints -> a COCO ``keypoints`` list in ``joint_set``'s order.
 
@@ -736,7 +736,7 @@ def _category(sp: Species, joint_set: str) -> dict:
 
 
 def _annotation(ann_id: int, image_id: int, inst: Instance, joint_set: str, source: str | None = None) -> dict:
-    kps = encode_keypoints(inst.keypoints, inst.visibility, joint_set)
+    kps = coco_keypoints(inst.keypoints, inst.visibility, joint_set)
     x, y, w, h = (int(v) for v in inst.box)
     ann = {"id": ann_id, "image_id": image_id, "category_id": inst.species.id, "bbox": [x, y, w, h],
            "area": w * h, "iscrowd": 0, "num_keypoints": sum(1 for v in kps[2::3] if v > 0), "keypoints": kps}
