@@ -59,6 +59,14 @@ def test_eval_cadence_of_the_24_joint_script():
     assert LoopConfig(45000, 150, [(15000, 600)], stop_step=600).first_eval_step(0) == 599
 
 
+@pytest.mark.parametrize("workers, mu, expected", [(0, 7, (0, 0)), (1, 7, (0, 1)), (2, 7, (1, 1)), (8, 0, (8, 0)),
+                                                   (16, 7, (2, 14)), (16, 1, (8, 8)), (5, 2, (2, 3))])
+def test_loader_processes_follow_the_streams_batches_and_add_up_to_workers(workers, mu, expected):
+    from freenet.training import split_workers
+
+    assert split_workers(workers, mu) == expected
+
+
 def test_a_run_that_never_evaluates_says_so(synthetic_root, tmp_path, caplog):
     from freenet.training import run
 

@@ -297,10 +297,14 @@ def train_freenet(args, notes: list[str] = ()) -> dict:
 
 
 def split_workers(workers: int, mu: int) -> tuple[int, int]:
-    """Loader processes in proportion to each stream's batch (1 : mu); both 0 when workers is 0."""
+    """Loader processes in proportion to each stream's batch (1 : mu), ``workers`` in all; both 0 when
+    workers is 0. A single worker serves the larger, unlabeled stream (the labeled one loads in the
+    main process)."""
     if workers <= 0:
         return 0, 0
     if mu == 0:
         return workers, 0
+    if workers == 1:
+        return 0, 1
     labeled = max(1, round(workers / (1 + mu)))
     return labeled, max(1, workers - labeled)
