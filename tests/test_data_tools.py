@@ -79,7 +79,7 @@ def ap10k_copy(tmp_path):
 
 
 def run_checker(capsys, path, *extra):
-    out = path.parent / "report.json"
+    out = path.parent / "reports" / "report.json"                  # a folder to be made
     code = check_annotations.main([str(path), *extra, "--json", str(out)])
     text = capsys.readouterr().out
     return code, text, json.loads(out.read_text())
@@ -759,5 +759,10 @@ def test_every_tool_ends_a_user_error_with_exit_code_2(tmp_path, capsys):
         make_splits.main(["ratio", "--ann", missing, "--ratio", "0.1", "--out-prefix", str(tmp_path / "p")])
     assert check_annotations.main([missing, "--joints", "no_such_set"]) == 2
     assert "check_annotations.py: --joints: " in capsys.readouterr().err
+    (tmp_path / "a_file").touch()
+    with pytest.raises(SystemExit) as stop:                          # refused before the check runs
+        check_annotations.main([missing, "--json", str(tmp_path / "a_file" / "report.json")])
+    assert stop.value.code == 2
+    assert f"argument --json: {tmp_path / 'a_file'} is a file, not a folder" in capsys.readouterr().err
     assert build_union_tool.main(["--out", str(tmp_path / "u"), "--name", "u", "--source", f"ap10k={missing}"]) == 2
     assert capsys.readouterr().err.startswith("error: ")

@@ -15,8 +15,10 @@ import argparse
 import json
 import sys
 
+from freenet.cli import file_path
 from freenet.data.checks import check_coco_file
 from freenet.errors import USER_ERROR_EXIT
+from freenet.fileio import write_atomic
 from freenet.joints import JointSetError, load_joint_set
 
 
@@ -28,7 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-images", action="store_true", help="do not open the images even with --images")
     p.add_argument("--joints", default=None,
                    help="joint set (bundled name or JSON) every annotation must match; default: the categories")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the full report (every issue, statistics)")
+    p.add_argument("--json", type=file_path, default=None, metavar="OUT",
+                   help="write the full report (every issue, statistics); its folder is made")
     p.add_argument("--show", type=int, default=5, help="issues printed per kind")
     p.add_argument("--workers", type=int, default=8, help="threads decoding images")
     return p.parse_args(argv)
@@ -45,8 +48,7 @@ def main(argv=None) -> int:
                              workers=args.workers, progress=sys.stderr.isatty())
     print(report.format(args.show))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report.to_dict(), f, indent=1, default=str)
+        write_atomic(args.json, lambda f: json.dump(report.to_dict(), f, indent=1, default=str))
     return report.exit_code
 
 
