@@ -304,3 +304,14 @@ def test_sizes_and_the_command_line(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     with tool_error(capsys, re.escape(f"--out {tmp_path / 'a_file'} is a file, not a folder")):
         cli.main(["--out", str(tmp_path / "a_file")])
+    # an earlier synthetic root is written again; a folder with other files only with --force
+    assert cli.main(["--out", str(tmp_path), "--images-per-dataset", "2", "--image-size", "64"])
+    real = tmp_path / "real"
+    mine = real / "ap_10k" / "annotations" / "ap10k-train-split1.json"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("{}")
+    with tool_error(capsys, re.escape(f"--out {real} holds files that are not a synthetic data root's (ap_10k)")):
+        cli.main(["--out", str(real)])
+    assert mine.read_text() == "{}"                                   # the user's file is untouched
+    cli.main(["--out", str(real), "--force", "--images-per-dataset", "2", "--image-size", "64"])
+    assert json.loads(mine.read_text())["images"]

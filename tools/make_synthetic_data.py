@@ -1,7 +1,7 @@
 """Write a synthetic FreeNet data root: cartoon quadrupeds in the AP-10K, AnimalPose and TigDog
 formats, the union files, a fully annotated union-24 val set, split files and label lists.
 
-    python tools/make_synthetic_data.py --out data_synthetic            # ~1.1k images, a few seconds
+    python tools/make_synthetic_data.py --out data_synthetic            # ~1.1k images, 5-20 s
     python tools/make_synthetic_data.py --out /tmp/tiny --preset tiny   # a handful, for tests
 
 Then point a config at it with ``DATASET.ROOT data_synthetic`` (or ``--data-root``).
@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
+from pathlib import Path
 
-from freenet.data.synthetic import SIZE_PRESETS, generate
+from freenet.data.synthetic import MARKER, SIZE_PRESETS, generate
 from freenet.errors import exit_with_error
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="data root to write (the layout of README, Data)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="data root to write (the layout of README, Data): a new or empty "
+                                                "folder, or an earlier synthetic root (its files are replaced)")
+    p.add_argument("--force", action="store_true", help="write into a folder that holds other files too "
+                                                        "(files of the same names, real ones included, are replaced)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the drawings, splits and label lists (default: 0)")
     p.add_argument("--preset", choices=sorted(SIZE_PRESETS), default="default", help="image counts per split")
     p.add_argument("--images-per-dataset", type=int, default=None,
                    help="train images per source dataset (val/test get a quarter, the union-24 val set a half)")
@@ -40,8 +43,14 @@ def sizes_from_args(args: argparse.Namespace) -> dict[str, int]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        exit_with_error(f"make_synthetic_data.py: --out {args.out} is a file, not a folder")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        exit_with_error(f"make_synthetic_data.py: --out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not args.force:
+        found = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        exit_with_error(f"make_synthetic_data.py: --out {out} holds files that are not a synthetic data root's "
+                        f"({found}): its annotation, split and image files of the same names would be replaced; "
+                        f"give a new or empty folder, or --force")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
     summary = generate(args.out, seed=args.seed, sizes=sizes_from_args(args), image_size=args.image_size,

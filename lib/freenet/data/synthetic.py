@@ -689,6 +689,9 @@ VISIBLE_CODE = {"ap10k": 2, "animalpose": 1, "tigdog": 1, "union21": 2, "union24
 FROM_NAME = {"ap10k": "ap_10k", "animalpose": "animal_pose", "tigdog": "tigdog"}
 # Union files need ids unique across their sources.
 ID_OFFSET = {"ap10k": 0, "animalpose": 100_000, "tigdog": 200_000, "union24_val": 300_000}
+# Written in every synthetic data root: tools/make_synthetic_data.py writes again only over such a
+# folder (or a new or empty one), never over a user's real annotations.
+MARKER = ".freenet-synthetic"
 
 SIZE_PRESETS: dict[str, dict[str, int]] = {
     "default": {"ap10k_train": 240, "ap10k_val": 60, "ap10k_test": 60, "animalpose_train": 240,
@@ -905,6 +908,8 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, sizes: str | Mapping[str
         # Two annotations per image at most; union files offset source ids by ID_OFFSET steps.
         if 2 * sum(n for k, n in sizes.items() if k.startswith(source + "_")) >= ID_OFFSET["animalpose"]:
             raise ValueError(f"too many {source} images for the union id offsets {ID_OFFSET}: {sizes}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("a synthetic FreeNet data root (freenet.data.synthetic.generate)\n")
     layout = DataLayout(out)
     summary: dict[str, dict[str, int]] = {}
     rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
