@@ -357,6 +357,12 @@ def test_tool_writes_joint_set_annotations_and_a_loadable_config(tmp_path, capsy
     assert run_tool(argv) == 0
     printed = capsys.readouterr().out
     assert "left_shoulder    ->   5 L_F_hip" in printed and "center           ->  19 center" in printed
+    # what to run next: the base network first, then FreeNet with it as the teacher
+    assert printed.splitlines()[-2:] == [
+        f"train the base network: python train_supervised.py --cfg {out / 'config.yaml'} "
+        "--save-as pretrained_weights/tiger_horse_sl.pth",
+        f"then FreeNet: python train_ap10k_animalpose_tigdog.py --cfg {out / 'config.yaml'} "
+        "--pretrained-weights-name tiger_horse_sl.pth"]
     for path in (out / "tiger_horse.json", out / "annotations/train.json", out / "annotations/val.json",
                  out / "config.yaml"):
         assert path.is_file(), path

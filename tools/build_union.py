@@ -9,9 +9,10 @@
 Joint names are matched through the joint dictionary (resources/joints/aliases.json); the report
 says which joints of each file land on which union joint and which are new. Writes OUT/NAME.json
 (the joint set), OUT/annotations/train.json (+ val.json), OUT/config.yaml and OUT/report.txt; then
+the base network (the teacher's initialisation), FreeNet, and its evaluation:
 
-    python train_ap10k_animalpose_tigdog.py --cfg OUT/config.yaml --pretrained-weights-name ''
     python train_supervised.py --cfg OUT/config.yaml --save-as pretrained_weights/tiger_horse_sl.pth
+    python train_ap10k_animalpose_tigdog.py --cfg OUT/config.yaml --pretrained-weights-name tiger_horse_sl.pth
     python eval_ap10k.py --cfg OUT/config.yaml TEST.MODEL_FILE RUN/best-oks.pth
 """
 from __future__ import annotations
@@ -76,7 +77,11 @@ def main(argv=None) -> int:
     for path in (built.joint_set_file, built.train_file, built.val_file, built.config_file, built.report_file):
         if path is not None:
             print(f"wrote {path}")
-    print(f"train: python train_ap10k_animalpose_tigdog.py --cfg {built.config_file} --pretrained-weights-name ''")
+    base = f"{built.joint_set_file.stem}_sl.pth"
+    print(f"train the base network: python train_supervised.py --cfg {built.config_file} "
+          f"--save-as pretrained_weights/{base}")
+    print(f"then FreeNet: python train_ap10k_animalpose_tigdog.py --cfg {built.config_file} "
+          f"--pretrained-weights-name {base}")
     return 0
 
 
