@@ -31,6 +31,7 @@ def main(argv=None) -> int:
                         help="OKS sigmas: aligned (standard) or the paper's AP-10K list (freenet); "
                              "default TEST.PROTOCOL")
     parser.add_argument("--results", default="", help="score this COCO results JSON instead of running a model")
+    parser.add_argument("--data-root", default=None, help="data root (README, Data); default: DATASET.ROOT of the yaml")
     parser.add_argument("--workers", type=NON_NEGATIVE, default=None,
                         help="processes decoding and cropping images (default: WORKERS of the yaml, at most the "
                              "CPU cores this process may use)")
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
-        cfg = load_config(args.cfg, opts)
+        cfg = load_config(args.cfg, (["DATASET.ROOT", args.data_root] if args.data_root else []) + opts)
         cfg.defrost()
         cfg.WORKERS = args.workers if args.workers is not None else min(cfg.WORKERS, usable_cpus())
         cfg.freeze()

@@ -817,10 +817,11 @@ def test_results_mode_reads_the_ground_truth_in_the_joint_sets_order(tmp_path):
     assert metrics["AP"] == 1.0 and metrics["AR"] == 1.0
 
 
-def test_eval_cli_missing_val_data_shows_the_expected_layout(tmp_path, capsys):
+@pytest.mark.parametrize("root", ["--data-root", "DATASET.ROOT"])
+def test_eval_cli_missing_val_data_shows_the_expected_layout(tmp_path, capsys, root):
     (tmp_path / "results.json").write_text("[]")
     args = ["--cfg", str(REPO / "experiments/ap10k/w32_256x256_ap10k.yaml"),
-            "--results", str(tmp_path / "results.json"), "DATASET.ROOT", str(tmp_path / "nowhere")]
+            "--results", str(tmp_path / "results.json"), root, str(tmp_path / "nowhere")]
     assert _eval_cli()(args) == 2
     err = capsys.readouterr().err.splitlines()
     assert "validation annotation file not found" in err[0] and "ap10k-val-split1.json" in err[0]

@@ -77,7 +77,7 @@ PLANS = {
     "default": DemoPlan(data="default", image_size=128, input_size=64, width=8, sample_ratio=0.1,
                         base_epochs=125, base_batch=16, steps=200, batch=8, mu=7, eval_step=50, warmup=20,
                         down_step=160, feedback_start=80, feedback_complete=160, student_lr=3e-4),
-    # ~30 s on 2 CPU cores: every stage runs, the numbers are only a smoke test
+    # 30-60 s on 2 CPU cores: every stage runs, the numbers are only a smoke test
     "quick": DemoPlan(data={"ap10k_train": 40, "ap10k_val": 8, "ap10k_test": 8, "animalpose_train": 40,
                             "animalpose_val": 8, "tigdog_train": 40, "tigdog_val": 8, "union24_val": 24},
                       image_size=96, input_size=64, width=8, sample_ratio=0.2, base_epochs=12, base_batch=8,
@@ -341,7 +341,7 @@ Predictions (left: base network, right: FreeNet student; marker size = confidenc
 def main(argv=None) -> int:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run of every stage (~30 s on 2 CPU cores: small data, few steps)")
+                   help="a smoke run of every stage (30-60 s on 2 CPU cores: small data, few steps)")
     p.add_argument("--out", default="demo_output", help="folder for data, runs and the report")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the synthetic data")
