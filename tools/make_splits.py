@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the authors' union numbering is 0:0 58632:16561 63240:22678")
 
     for q in (m, c, r):
-        q.add_argument("--seed", type=int, default=2)
+        q.add_argument("--seed", type=int, default=2, help="seed of the random choices (default: 2, the training seed)")
     return p.parse_args(argv)
 
 
