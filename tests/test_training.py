@@ -276,6 +276,7 @@ def test_a_run_stopped_inside_an_evaluation_evaluates_that_step_when_resumed(syn
     with caplog.at_level("WARNING", logger="freenet.engine"):
         assert run("train_split_ap10k", ["--resume", str(ckpt), "--workers", "0"]) == 0
     assert f"the evaluation after step {at + 1} did not finish" in caplog.text
+    assert "no evaluation in steps" not in caplog.text              # also with no step left to train
 
     straight, halves = (only_run_dir(tmp_path / d) for d in ("straight", "halves"))
     for name in ("val_log.txt", "metrics.jsonl", "best.json"):

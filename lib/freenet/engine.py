@@ -350,7 +350,9 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
     extra = checkpoint_extra or {}
     start = state.step + 1
     first_eval = loop.first_eval_step(start)
-    if first_eval is None:
+    if first_eval is not None:
+        log.info("first evaluation after step %d", first_eval + 1)
+    elif start < loop.end():    # (no step left: a resume that only finishes the last evaluation, below)
         # A short run under the 24-joint yaml's schedule (600 steps at first) would otherwise end
         # without best-*.pth, val_log.txt or metrics.jsonl and without saying why.
         advice = ("add FREENET.EVAL_SCHEDULE [] to evaluate every --eval-step, or lower --eval-step"
@@ -358,8 +360,6 @@ def train_loop(step_fn: Callable[[int, dict, dict], dict], teacher: OptimizedMod
         log.warning("no evaluation in steps %d..%d (every %d steps, FREENET.EVAL_SCHEDULE %s): no best-*.pth or "
                     "metrics will be written; %s", start + 1, loop.end(), loop.eval_step,
                     [list(x) for x in loop.eval_schedule], advice)
-    else:
-        log.info("first evaluation after step %d", first_eval + 1)
     if state.pending_eval is not None:
         log.warning("the evaluation after step %d did not finish: evaluating that checkpoint first", state.step + 1)
         recorder.forget_from(state.step)

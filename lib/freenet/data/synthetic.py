@@ -715,7 +715,7 @@ def source_to_union_index(joint_set: str) -> np.ndarray:
 
 
 def coco_keypoints(keypoints24: np.ndarray, visibility24: np.ndarray, joint_set: str,
-                     visible_code: int | None = None) -> list:
+                   visible_code: int | None = None) -> list:
     """Union-24 joints -> a COCO ``keypoints`` list in ``joint_set``'s order.
 
     Unannotated joints are ``0, 0, 0``; annotated ones ``x, y, code`` with coordinates rounded
